@@ -1,0 +1,232 @@
+// Package checkpoint describes the checkpoint images the shim writes: runsc's
+// own files plus one metadata file, all flat in one directory so containerd
+// (and the CRI) can pack them file by file and move them between hosts.
+package checkpoint
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+)
+
+// MetadataFile is the metadata's name inside a checkpoint directory. It is
+// written last: a directory without it is not a complete checkpoint.
+const MetadataFile = "runsc-cuda.json"
+
+// FormatVersion is the metadata format this shim writes and reads.
+const FormatVersion = 1
+
+// maxMetadataSize bounds what Read accepts.
+const maxMetadataSize = 1 << 20
+
+// Metadata describes one checkpoint.
+type Metadata struct {
+	FormatVersion int `json:"format_version"`
+	// Runtime is the containerd runtime type that wrote the checkpoint.
+	Runtime     string    `json:"runtime"`
+	ShimVersion string    `json:"shim_version"`
+	ContainerID string    `json:"container_id"`
+	CreatedAt   time.Time `json:"created_at"`
+	// RunscVersion must match the restoring runsc exactly (runsc refuses
+	// other builds).
+	RunscVersion string `json:"runsc_version"`
+	// Compression and Direct are how the image was written.
+	Compression string `json:"compression"`
+	Direct      bool   `json:"direct,omitempty"`
+	// LeaveRunning is false when the container stopped after the checkpoint.
+	LeaveRunning bool `json:"leave_running"`
+	// Files lists runsc's files and their sizes, to detect truncation.
+	Files []File `json:"files"`
+	// Spec summarizes the container spec the image needs at restore.
+	Spec SpecSummary `json:"spec"`
+	// GPU holds the GPU facts of a GPU container, nil otherwise.
+	GPU *GPU `json:"gpu,omitempty"`
+	// Timings of the checkpoint, in milliseconds.
+	Timings Timings `json:"timings_ms"`
+}
+
+// File is one image file.
+type File struct {
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+}
+
+// SpecSummary is what runsc compares at restore, kept so a mismatch can be
+// reported before anything is created.
+type SpecSummary struct {
+	Args   []string `json:"args,omitempty"`
+	Mounts []string `json:"mounts,omitempty"`
+}
+
+// GPU holds a GPU container's facts at checkpoint time.
+type GPU struct {
+	DriverVersion string      `json:"driver_version"`
+	Devices       []GPUDevice `json:"devices"`
+	// UsedMemoryBytes is the device memory the sandbox held before the
+	// checkpoint (0 when host-side discovery was unavailable).
+	UsedMemoryBytes uint64 `json:"used_memory_bytes"`
+	// ReleasedAfterExit is set when an exit checkpoint verified that the
+	// sandbox released its device memory.
+	ReleasedAfterExit bool `json:"released_after_exit,omitempty"`
+	// ToggleTool is the tool's path inside the container.
+	ToggleTool string `json:"toggle_tool"`
+}
+
+// GPUDevice is one GPU the container used.
+type GPUDevice struct {
+	Index       int    `json:"index"`
+	UUID        string `json:"uuid"`
+	Name        string `json:"name"`
+	MemoryTotal uint64 `json:"memory_total_bytes,omitempty"`
+}
+
+// Timings of one checkpoint.
+type Timings struct {
+	Runsc int64 `json:"runsc"`
+	Total int64 `json:"total"`
+}
+
+// Size returns the image's total size in bytes.
+func (m *Metadata) Size() int64 {
+	var n int64
+	for _, f := range m.Files {
+		n += f.Size
+	}
+	return n
+}
+
+// Validate checks a decoded metadata for internal consistency.
+func (m *Metadata) Validate() error {
+	if m.FormatVersion != FormatVersion {
+		return fmt.Errorf("metadata format version %d is not supported (this shim reads version %d)", m.FormatVersion, FormatVersion)
+	}
+	if m.RunscVersion == "" {
+		return errors.New("metadata does not name the runsc version")
+	}
+	if len(m.Files) == 0 {
+		return errors.New("metadata lists no image files")
+	}
+	for _, f := range m.Files {
+		if f.Name == "" || f.Name != filepath.Base(f.Name) || f.Name == "." || f.Name == ".." || f.Name == MetadataFile {
+			return fmt.Errorf("metadata lists an invalid file name %q", f.Name)
+		}
+		if f.Size < 0 {
+			return fmt.Errorf("metadata lists a negative size for %s", f.Name)
+		}
+	}
+	return nil
+}
+
+// Decode parses and validates metadata.
+func Decode(r io.Reader) (*Metadata, error) {
+	data, err := io.ReadAll(io.LimitReader(r, maxMetadataSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxMetadataSize {
+		return nil, fmt.Errorf("metadata is larger than %d bytes", maxMetadataSize)
+	}
+	var m Metadata
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("metadata is not valid JSON: %w", err)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// Read reads the metadata of the checkpoint in dir.
+func Read(dir string) (*Metadata, error) {
+	f, err := os.Open(filepath.Join(dir, MetadataFile))
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil, fmt.Errorf("%s has no %s: it is not a complete runsc-cuda checkpoint", dir, MetadataFile)
+		}
+		return nil, err
+	}
+	defer f.Close()
+	m, err := Decode(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, MetadataFile), err)
+	}
+	return m, nil
+}
+
+// Write writes m into dir atomically (a temporary file renamed into place).
+func Write(dir string, m *Metadata) error {
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, ".metadata-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(data, '\n')); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), filepath.Join(dir, MetadataFile))
+}
+
+// ListFiles returns the regular files in dir except the metadata, with
+// their sizes, sorted by name.
+func ListFiles(dir string) ([]File, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []File
+	for _, e := range entries {
+		if e.Name() == MetadataFile || !e.Type().IsRegular() {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, File{Name: e.Name(), Size: info.Size()})
+	}
+	slices.SortFunc(out, func(a, b File) int {
+		switch {
+		case a.Name < b.Name:
+			return -1
+		case a.Name > b.Name:
+			return 1
+		}
+		return 0
+	})
+	return out, nil
+}
+
+// CheckFiles verifies that every file the metadata lists is in dir with its
+// recorded size.
+func (m *Metadata) CheckFiles(dir string) error {
+	for _, f := range m.Files {
+		st, err := os.Stat(filepath.Join(dir, f.Name))
+		if err != nil {
+			if os.IsNotExist(err) {
+				return fmt.Errorf("checkpoint image is incomplete: %s is missing", f.Name)
+			}
+			return err
+		}
+		if st.Size() != f.Size {
+			return fmt.Errorf("checkpoint image is damaged: %s is %d bytes, the checkpoint recorded %d", f.Name, st.Size(), f.Size)
+		}
+	}
+	return nil
+}

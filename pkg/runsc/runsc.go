@@ -1,0 +1,515 @@
+// Package runsc is a typed wrapper of the runsc command line: one method per
+// runsc verb, options as structs, no shell.
+//
+// Every command is started through a Monitor so that it cooperates with the
+// shim's child reaper (the shim is a subreaper and reaps every child; a plain
+// exec.Cmd.Wait would race with it).
+package runsc
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	runc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultBinary is the runsc binary looked up on PATH when none is configured.
+const DefaultBinary = "runsc"
+
+// Monitor starts commands and waits for them; the shim passes its reaper.
+type Monitor interface {
+	Start(*exec.Cmd) (chan runc.Exit, error)
+	Wait(*exec.Cmd, chan runc.Exit) (int, error)
+}
+
+// execMonitor is used when no Monitor is given (tests, tools).
+type execMonitor struct{}
+
+func (execMonitor) Start(c *exec.Cmd) (chan runc.Exit, error) {
+	if err := c.Start(); err != nil {
+		return nil, err
+	}
+	return nil, nil
+}
+
+func (execMonitor) Wait(c *exec.Cmd, _ chan runc.Exit) (int, error) {
+	err := c.Wait()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), nil
+	}
+	if err != nil {
+		return -1, err
+	}
+	return 0, nil
+}
+
+// Runsc runs runsc commands with a fixed set of global flags.
+type Runsc struct {
+	// Binary is the runsc executable (absolute path or name on PATH).
+	Binary string
+	// Root is runsc's state directory (--root).
+	Root string
+	// Log is the file runsc writes its JSON log and errors to (--log).
+	Log string
+	// Flags are global runsc flags (--key=value), e.g. platform or debug-log.
+	Flags map[string]string
+	// Monitor starts and waits for commands; nil means plain exec.
+	Monitor Monitor
+}
+
+// Error is a failed runsc invocation.
+type Error struct {
+	Args   []string
+	Status int
+	// Msg is runsc's own error message (stderr or its JSON log).
+	Msg string
+}
+
+func (e *Error) Error() string {
+	msg := strings.TrimSpace(e.Msg)
+	if msg == "" {
+		msg = "no error message"
+	}
+	return fmt.Sprintf("runsc %s exited with status %d: %s", strings.Join(e.Args, " "), e.Status, msg)
+}
+
+// IsNotExist reports whether err says the container does not exist in runsc.
+func IsNotExist(err error) bool {
+	var re *Error
+	if !errors.As(err, &re) {
+		return false
+	}
+	m := re.Msg
+	return strings.Contains(m, "does not exist") || strings.Contains(m, "no such file or directory") || strings.Contains(m, "file does not exist")
+}
+
+func (r *Runsc) monitor() Monitor {
+	if r.Monitor == nil {
+		return execMonitor{}
+	}
+	return r.Monitor
+}
+
+// GlobalArgs returns the global flags in a stable order.
+func (r *Runsc) GlobalArgs() []string {
+	var args []string
+	if r.Root != "" {
+		args = append(args, "--root="+r.Root)
+	}
+	if r.Log != "" {
+		args = append(args, "--log="+r.Log, "--log-format=json")
+	}
+	keys := make([]string, 0, len(r.Flags))
+	for k := range r.Flags {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		args = append(args, fmt.Sprintf("--%s=%s", k, r.Flags[k]))
+	}
+	return args
+}
+
+func (r *Runsc) command(ctx context.Context, args ...string) *exec.Cmd {
+	bin := r.Binary
+	if bin == "" {
+		bin = DefaultBinary
+	}
+	cmd := exec.CommandContext(ctx, bin, append(r.GlobalArgs(), args...)...)
+	// Never let a runsc invocation outlive the shim by accident.
+	cmd.SysProcAttr = &unix.SysProcAttr{Pdeathsig: unix.SIGKILL}
+	cmd.Env = os.Environ()
+	return cmd
+}
+
+// output runs cmd and returns its stdout; a failure carries stderr.
+func (r *Runsc) output(cmd *exec.Cmd, verb []string) ([]byte, error) {
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = &stderr
+	if err := r.run(cmd); err != nil {
+		return stdout.Bytes(), r.fail(err, verb, stderr.String())
+	}
+	return stdout.Bytes(), nil
+}
+
+// run starts cmd through the monitor and waits for it.
+func (r *Runsc) run(cmd *exec.Cmd) error {
+	m := r.monitor()
+	ec, err := m.Start(cmd)
+	if err != nil {
+		return err
+	}
+	status, err := m.Wait(cmd, ec)
+	if err != nil {
+		return err
+	}
+	if status != 0 {
+		return &Error{Status: status}
+	}
+	return nil
+}
+
+// fail turns a failed run into an *Error naming the verb and runsc's message.
+func (r *Runsc) fail(err error, verb []string, stderr string) error {
+	var re *Error
+	if !errors.As(err, &re) {
+		return fmt.Errorf("running runsc %s: %w", strings.Join(verb, " "), err)
+	}
+	msg := strings.TrimSpace(stderr)
+	if msg == "" {
+		msg = r.lastLogError()
+	}
+	return &Error{Args: verb, Status: re.Status, Msg: msg}
+}
+
+// lastLogError returns the last error runsc wrote to its JSON log.
+func (r *Runsc) lastLogError() string {
+	if r.Log == "" {
+		return ""
+	}
+	f, err := os.Open(r.Log)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	var last string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
+	for sc.Scan() {
+		var e struct {
+			Msg   string `json:"msg"`
+			Level string `json:"level"`
+		}
+		if json.Unmarshal(sc.Bytes(), &e) == nil && e.Level == "error" {
+			last = e.Msg
+		}
+	}
+	return last
+}
+
+// withIO runs an IO-attached command: its stdio belongs to the container, so
+// the error message comes from runsc's log.
+func (r *Runsc) withIO(cmd *exec.Cmd, cio runc.IO, verb []string) error {
+	if cio != nil {
+		cio.Set(cmd)
+	}
+	if cmd.Stdout == nil && cmd.Stderr == nil {
+		_, err := r.output(cmd, verb)
+		return err
+	}
+	m := r.monitor()
+	ec, err := m.Start(cmd)
+	if err != nil {
+		return fmt.Errorf("starting runsc %s: %w", strings.Join(verb, " "), err)
+	}
+	if c, ok := cio.(runc.StartCloser); ok {
+		if err := c.CloseAfterStart(); err != nil {
+			return err
+		}
+	}
+	status, err := m.Wait(cmd, ec)
+	if err != nil {
+		return fmt.Errorf("waiting for runsc %s: %w", strings.Join(verb, " "), err)
+	}
+	if status != 0 {
+		return &Error{Args: verb, Status: status, Msg: r.lastLogError()}
+	}
+	return nil
+}
+
+// Version returns the first line of `runsc --version`.
+func (r *Runsc) Version(ctx context.Context) (string, error) {
+	bin := r.Binary
+	if bin == "" {
+		bin = DefaultBinary
+	}
+	cmd := exec.CommandContext(ctx, bin, "--version")
+	out, err := r.output(cmd, []string{"--version"})
+	if err != nil {
+		return "", err
+	}
+	line, _, _ := strings.Cut(string(out), "\n")
+	return strings.TrimSpace(strings.TrimPrefix(line, "runsc version ")), nil
+}
+
+// CreateOpts are the options of `runsc create`.
+type CreateOpts struct {
+	// IO is the container's stdio, given to the sandbox (root container).
+	IO            runc.IO
+	ConsoleSocket runc.ConsoleSocket
+	PidFile       string
+	UserLog       string
+}
+
+// Create creates a container from a bundle; it does not start it.
+func (r *Runsc) Create(ctx context.Context, id, bundle string, o CreateOpts) error {
+	args := []string{"create", "--bundle", bundle}
+	if o.PidFile != "" {
+		args = append(args, "--pid-file", o.PidFile)
+	}
+	if o.ConsoleSocket != nil {
+		args = append(args, "--console-socket", o.ConsoleSocket.Path())
+	}
+	if o.UserLog != "" {
+		args = append(args, "--user-log", o.UserLog)
+	}
+	args = append(args, id)
+	return r.withIO(r.command(ctx, args...), o.IO, args[:1])
+}
+
+// Start starts a created container. IO is given for subcontainers only.
+func (r *Runsc) Start(ctx context.Context, id string, cio runc.IO) error {
+	return r.withIO(r.command(ctx, "start", id), cio, []string{"start"})
+}
+
+// RestoreOpts are the options of `runsc restore`.
+type RestoreOpts struct {
+	ImagePath string
+	// Direct reads the image with O_DIRECT.
+	Direct bool
+	// Background lets the sandbox keep loading pages after restore returns
+	// (uncompressed images only).
+	Background bool
+	IO         runc.IO
+}
+
+// Restore restores a created container from a checkpoint image, detached.
+func (r *Runsc) Restore(ctx context.Context, id, bundle string, o RestoreOpts) error {
+	args := []string{"restore", "--detach", "--bundle", bundle, "--image-path", o.ImagePath}
+	if o.Direct {
+		args = append(args, "--direct")
+	}
+	if o.Background {
+		args = append(args, "--background")
+	}
+	args = append(args, id)
+	return r.withIO(r.command(ctx, args...), o.IO, args[:1])
+}
+
+// CheckpointOpts are the options of `runsc checkpoint`.
+type CheckpointOpts struct {
+	ImagePath    string
+	LeaveRunning bool
+	// Compression is "none" or "flate-best-speed"; empty keeps runsc's default.
+	Compression               string
+	Direct                    bool
+	ExcludeCommittedZeroPages bool
+	// CudaCheckpointPath is the toggle tool's path inside the container.
+	CudaCheckpointPath       string
+	CudaCheckpointSequential bool
+}
+
+// Args returns the checkpoint verb's arguments for container id.
+func (o CheckpointOpts) Args(id string) []string {
+	args := []string{"checkpoint", "--image-path", o.ImagePath}
+	if o.LeaveRunning {
+		args = append(args, "--leave-running")
+	}
+	if o.Compression != "" {
+		args = append(args, "--compression="+o.Compression)
+	}
+	if o.Direct {
+		args = append(args, "--direct")
+	}
+	if o.ExcludeCommittedZeroPages {
+		args = append(args, "--exclude-committed-zero-pages")
+	}
+	if o.CudaCheckpointPath != "" {
+		args = append(args, "--cuda-checkpoint-path="+o.CudaCheckpointPath)
+	}
+	if o.CudaCheckpointSequential {
+		args = append(args, "--cuda-checkpoint-sequential")
+	}
+	return append(args, id)
+}
+
+// Checkpoint saves the sandbox of container id.
+func (r *Runsc) Checkpoint(ctx context.Context, id string, o CheckpointOpts) error {
+	args := o.Args(id)
+	_, err := r.output(r.command(ctx, args...), args[:1])
+	return err
+}
+
+// ExecOpts are the options of `runsc exec`.
+type ExecOpts struct {
+	IO            runc.IO
+	ConsoleSocket runc.ConsoleSocket
+	// PidFile receives the host pid of the detached `runsc exec` process,
+	// which lives exactly as long as the process in the sandbox.
+	PidFile string
+	// InternalPidFile receives the pid inside the sandbox.
+	InternalPidFile string
+}
+
+// Exec starts a process described by spec in container id, detached.
+func (r *Runsc) Exec(ctx context.Context, id string, spec specs.Process, o ExecOpts) error {
+	f, err := os.CreateTemp(filepath.Dir(o.PidFile), "process-*.json")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if err := json.NewEncoder(f).Encode(spec); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	args := []string{"exec", "--detach", "--process", f.Name(), "--pid-file", o.PidFile, "--internal-pid-file", o.InternalPidFile}
+	if o.ConsoleSocket != nil {
+		args = append(args, "--console-socket", o.ConsoleSocket.Path())
+	}
+	args = append(args, id)
+	return r.withIO(r.command(ctx, args...), o.IO, args[:1])
+}
+
+// WaitResult is the JSON `runsc wait` prints.
+type WaitResult struct {
+	ID         string `json:"id"`
+	ExitStatus int    `json:"exitStatus"`
+}
+
+// Wait blocks until container id exits and returns its exit status
+// (128+signal for a signaled process).
+func (r *Runsc) Wait(ctx context.Context, id string) (int, error) {
+	out, err := r.output(r.command(ctx, "wait", id), []string{"wait"})
+	if err != nil {
+		return -1, err
+	}
+	var res WaitResult
+	if err := json.Unmarshal(out, &res); err != nil {
+		return -1, fmt.Errorf("parsing runsc wait output %q: %w", out, err)
+	}
+	return res.ExitStatus, nil
+}
+
+// State returns runsc's view of container id.
+func (r *Runsc) State(ctx context.Context, id string) (*runc.Container, error) {
+	out, err := r.output(r.command(ctx, "state", id), []string{"state"})
+	if err != nil {
+		return nil, err
+	}
+	var c runc.Container
+	if err := json.Unmarshal(out, &c); err != nil {
+		return nil, fmt.Errorf("parsing runsc state output: %w", err)
+	}
+	return &c, nil
+}
+
+// KillOpts select what a signal goes to.
+type KillOpts struct {
+	// All signals every process of the container.
+	All bool
+	// Pid signals one process, by its pid inside the sandbox.
+	Pid int
+}
+
+// Kill sends sig to container id.
+func (r *Runsc) Kill(ctx context.Context, id string, sig int, o KillOpts) error {
+	args := []string{"kill"}
+	if o.All {
+		args = append(args, "--all")
+	}
+	if o.Pid != 0 {
+		args = append(args, "--pid", strconv.Itoa(o.Pid))
+	}
+	args = append(args, id, strconv.Itoa(sig))
+	_, err := r.output(r.command(ctx, args...), args[:1])
+	return err
+}
+
+// Pause pauses every process of container id.
+func (r *Runsc) Pause(ctx context.Context, id string) error {
+	_, err := r.output(r.command(ctx, "pause", id), []string{"pause"})
+	return err
+}
+
+// Resume resumes container id.
+func (r *Runsc) Resume(ctx context.Context, id string) error {
+	_, err := r.output(r.command(ctx, "resume", id), []string{"resume"})
+	return err
+}
+
+// Delete removes container id; Force kills it first.
+func (r *Runsc) Delete(ctx context.Context, id string, force bool) error {
+	args := []string{"delete"}
+	if force {
+		args = append(args, "--force")
+	}
+	args = append(args, id)
+	_, err := r.output(r.command(ctx, args...), args[:1])
+	return err
+}
+
+// Ps returns the pids (inside the sandbox) of container id's processes.
+func (r *Runsc) Ps(ctx context.Context, id string) ([]int, error) {
+	out, err := r.output(r.command(ctx, "ps", "--format", "json", id), []string{"ps"})
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	if err := json.Unmarshal(out, &pids); err != nil {
+		return nil, fmt.Errorf("parsing runsc ps output: %w", err)
+	}
+	return pids, nil
+}
+
+// Stats returns one stats sample of container id (`runsc events --stats`).
+func (r *Runsc) Stats(ctx context.Context, id string) (*runc.Stats, error) {
+	out, err := r.output(r.command(ctx, "events", "--stats", id), []string{"events"})
+	if err != nil {
+		return nil, err
+	}
+	var e runc.Event
+	if err := json.Unmarshal(out, &e); err != nil {
+		return nil, fmt.Errorf("parsing runsc events output: %w", err)
+	}
+	if e.Type != "stats" || e.Stats == nil {
+		return nil, fmt.Errorf("runsc events --stats returned no stats (type %q)", e.Type)
+	}
+	return e.Stats, nil
+}
+
+// Update applies resource limits to container id.
+func (r *Runsc) Update(ctx context.Context, id string, res *specs.LinuxResources) error {
+	data, err := json.Marshal(res)
+	if err != nil {
+		return err
+	}
+	cmd := r.command(ctx, "update", "--resources=-", id)
+	cmd.Stdin = bytes.NewReader(data)
+	_, err = r.output(cmd, []string{"update"})
+	return err
+}
+
+// WaitForFile polls until path exists and is non-empty or the timeout passes.
+func WaitForFile(path string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if st, err := os.Stat(path); err == nil && st.Size() > 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not appear within %s", path, timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+var _ io.Closer = (*os.File)(nil)

@@ -1,0 +1,279 @@
+package shim
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/log"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/checkpoint"
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/runsc"
+)
+
+// RuntimeName is the containerd runtime type of this shim.
+const RuntimeName = "io.containerd.runsc-cuda.v1"
+
+// Version is the shim's version, set at build time.
+var Version = "dev"
+
+// checkpointRequest is a Checkpoint call's options, resolved.
+type checkpointRequest struct {
+	// Exit stops the container after the checkpoint.
+	Exit bool
+	// Dir is where the image goes.
+	Dir string
+}
+
+// parseCheckpointOptions reads runc's CheckpointOptions (what ctr and the
+// containerd client send) or nil (what nerdctl and the CRI send for non-runc
+// runtimes: leave the container running).
+//
+// gVisor saves the whole sandbox kernel, so some runc options hold by
+// construction: file locks and terminals are sentry state and are always
+// saved; TCP connections of the sandbox's own network stack are saved too.
+// CRIU-only knobs (cgroups mode, work path) have nothing to act on and are
+// ignored. What gVisor cannot do is refused: connections to host Unix
+// sockets, and leaving namespaces out.
+func parseCheckpointOptions(a *anypb.Any, path string, cfg *Config) (checkpointRequest, error) {
+	req := checkpointRequest{Dir: path}
+	if a != nil && (a.GetTypeUrl() != "" || len(a.GetValue()) > 0) {
+		v, err := typeurl.UnmarshalAny(a)
+		if err != nil {
+			return req, fmt.Errorf("%w: reading checkpoint options of type %q: %v", errdefs.ErrInvalidArgument, a.GetTypeUrl(), err)
+		}
+		o, ok := v.(*runcoptions.CheckpointOptions)
+		if !ok {
+			return req, fmt.Errorf("%w: checkpoint options of type %T are not supported; send runc's CheckpointOptions or none", errdefs.ErrInvalidArgument, v)
+		}
+		if o.ExternalUnixSockets {
+			return req, fmt.Errorf("%w: gVisor cannot checkpoint connections to host Unix sockets (ExternalUnixSockets); close them or checkpoint without that option", errdefs.ErrInvalidArgument)
+		}
+		if len(o.EmptyNamespaces) > 0 {
+			return req, fmt.Errorf("%w: gVisor always saves every namespace of the sandbox; EmptyNamespaces %v cannot be honoured", errdefs.ErrInvalidArgument, o.EmptyNamespaces)
+		}
+		if o.OpenTcp && cfg.RunscConfig["network"] == "host" {
+			return req, fmt.Errorf("%w: open TCP connections cannot be checkpointed with runsc network=host (the host kernel owns them)", errdefs.ErrInvalidArgument)
+		}
+		req.Exit = o.Exit
+		if o.ImagePath != "" {
+			req.Dir = o.ImagePath
+		}
+	}
+	if req.Dir == "" {
+		return req, fmt.Errorf("%w: no checkpoint path given", errdefs.ErrInvalidArgument)
+	}
+	if !filepath.IsAbs(req.Dir) || filepath.Clean(req.Dir) != req.Dir {
+		return req, fmt.Errorf("%w: checkpoint path %q must be absolute and clean (no \"..\", no trailing slash)", errdefs.ErrInvalidArgument, req.Dir)
+	}
+	return req, nil
+}
+
+// Checkpoint saves the container's sandbox into the given directory.
+// containerd pauses the task first; the container is left as it was
+// (running, or paused until containerd resumes it) unless Exit is set. On
+// failure the container keeps running and the directory holds nothing that
+// looks like a checkpoint.
+func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*ptypes.Empty, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	req, err := parseCheckpointOptions(r.Options, r.Path, c.config)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	err = c.init.Checkpoint(ctx, func(ctx context.Context, paused bool) error {
+		return s.checkpoint(ctx, c, req, paused)
+	})
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	s.send(&eventstypes.TaskCheckpointed{ContainerID: c.id, Checkpoint: req.Dir})
+	return empty, nil
+}
+
+func (s *Service) checkpoint(ctx context.Context, c *container, req checkpointRequest, paused bool) (retErr error) {
+	start := time.Now()
+	dir := req.Dir
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating checkpoint directory: %w", err)
+	}
+	before, err := checkpoint.ListFiles(dir)
+	if err != nil {
+		return fmt.Errorf("reading checkpoint directory: %w", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, checkpoint.MetadataFile)); err == nil || len(before) > 0 {
+		return fmt.Errorf("%w: checkpoint directory %s is not empty; choose an empty directory so no existing checkpoint is overwritten", errdefs.ErrFailedPrecondition, dir)
+	}
+	defer func() {
+		if retErr != nil {
+			removeNewFiles(ctx, dir, before)
+		}
+	}()
+
+	rt := c.init.Runtime()
+	cfg := c.config.Checkpoint
+	opts := runsc.CheckpointOpts{
+		ImagePath:                 dir,
+		LeaveRunning:              !req.Exit,
+		Compression:               compressionOrDefault(cfg.Compression),
+		Direct:                    cfg.Direct,
+		ExcludeCommittedZeroPages: cfg.ExcludeCommittedZeroPages,
+	}
+	var gpuBefore *gpuUsage
+	if c.gpu != nil {
+		opts.CudaCheckpointPath = c.gpu.toolInContainer
+		opts.CudaCheckpointSequential = c.config.CUDA.Sequential
+		gpuBefore = c.gpu.usage(ctx, c.init.Pid())
+	}
+	log.G(ctx).WithField("id", c.id).WithField("args", opts.Args(c.id)).Info("checkpointing")
+	t0 := time.Now()
+	if err := rt.Checkpoint(ctx, c.id, opts); err != nil {
+		s.recoverAfterFailedCheckpoint(ctx, c, paused)
+		return fmt.Errorf("checkpoint of %s failed; the container keeps running: %w", c.id, err)
+	}
+	runscDur := time.Since(t0)
+
+	version, err := rt.Version(ctx)
+	if err != nil {
+		return err
+	}
+	files, err := checkpoint.ListFiles(dir)
+	if err != nil {
+		return err
+	}
+	meta := &checkpoint.Metadata{
+		FormatVersion: checkpoint.FormatVersion,
+		Runtime:       RuntimeName,
+		ShimVersion:   Version,
+		ContainerID:   c.id,
+		CreatedAt:     time.Now().UTC(),
+		RunscVersion:  version,
+		Compression:   opts.Compression,
+		Direct:        opts.Direct,
+		LeaveRunning:  opts.LeaveRunning,
+		Files:         files,
+		Spec:          summarizeSpec(c.spec),
+	}
+	if c.gpu != nil {
+		meta.GPU = c.gpu.facts(ctx, gpuBefore)
+		if err := c.gpu.verifyAfterCheckpoint(ctx, c, req.Exit, meta.GPU); err != nil {
+			return err
+		}
+	}
+	meta.Timings = checkpoint.Timings{Runsc: runscDur.Milliseconds(), Total: time.Since(start).Milliseconds()}
+	if err := checkpoint.Write(dir, meta); err != nil {
+		return fmt.Errorf("writing checkpoint metadata: %w", err)
+	}
+	log.G(ctx).WithField("id", c.id).WithField("bytes", meta.Size()).WithField("runsc_ms", meta.Timings.Runsc).
+		WithField("total_ms", meta.Timings.Total).WithField("exit", req.Exit).Info("checkpoint written")
+	return nil
+}
+
+func compressionOrDefault(c string) string {
+	if c == "" {
+		return "none"
+	}
+	return c
+}
+
+// recoverAfterFailedCheckpoint leaves the container as it was before a
+// failed checkpoint: runsc resumes the sandbox itself on most failures, but
+// a sandbox it left frozen is thawed unless containerd had paused it.
+func (s *Service) recoverAfterFailedCheckpoint(ctx context.Context, c *container, paused bool) {
+	ctx = context.WithoutCancel(ctx)
+	st, err := c.init.Runtime().State(ctx, c.id)
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("id", c.id).Warn("container state unknown after a failed checkpoint")
+		return
+	}
+	if st.Status == "paused" && !paused {
+		if err := c.init.Runtime().Resume(ctx, c.id); err != nil {
+			log.G(ctx).WithError(err).WithField("id", c.id).Error("could not resume the container after a failed checkpoint")
+		}
+	}
+}
+
+// removeNewFiles removes what a failed checkpoint wrote into dir.
+func removeNewFiles(ctx context.Context, dir string, before []checkpoint.File) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if slices.ContainsFunc(before, func(f checkpoint.File) bool { return f.Name == e.Name() }) {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			log.G(ctx).WithError(err).Warn("removing a partial checkpoint file")
+		}
+	}
+}
+
+// checkRunsc fails early, with a clear message, when runsc is missing.
+func checkRunsc(ctx context.Context, rt *runsc.Runsc) error {
+	bin := rt.Binary
+	if bin == "" {
+		bin = runsc.DefaultBinary
+	}
+	if _, err := lookPath(bin); err != nil {
+		return fmt.Errorf("%w: runsc binary %q not found (%v); install gVisor's runsc or set binary_name in the shim config", errdefs.ErrFailedPrecondition, bin, err)
+	}
+	return nil
+}
+
+// checkRestore validates a checkpoint against this host before anything is
+// created. Mismatches are FailedPrecondition errors naming both sides.
+func checkRestore(ctx context.Context, rt *runsc.Runsc, dir string, c *container) (*checkpoint.Metadata, error) {
+	meta, err := checkpoint.Read(dir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: cannot restore: %v", errdefs.ErrFailedPrecondition, err)
+	}
+	if err := meta.CheckFiles(dir); err != nil {
+		return nil, fmt.Errorf("%w: cannot restore from %s: %v", errdefs.ErrFailedPrecondition, dir, err)
+	}
+	version, err := rt.Version(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if version != meta.RunscVersion {
+		return nil, fmt.Errorf("%w: checkpoint was made by runsc %q but this host runs runsc %q; restore with the same runsc build", errdefs.ErrFailedPrecondition, meta.RunscVersion, version)
+	}
+	if err := compareSpec(meta.Spec, summarizeSpec(c.spec)); err != nil {
+		return nil, fmt.Errorf("%w: cannot restore into this container: %v", errdefs.ErrFailedPrecondition, err)
+	}
+	if meta.GPU != nil && c.gpu == nil {
+		return nil, fmt.Errorf("%w: checkpoint holds GPU state but the container spec has no NVIDIA GPU devices", errdefs.ErrFailedPrecondition)
+	}
+	if c.gpu != nil {
+		if err := c.gpu.checkRestore(ctx, meta.GPU); err != nil {
+			return nil, fmt.Errorf("%w: %v", errdefs.ErrFailedPrecondition, err)
+		}
+	}
+	return meta, nil
+}
+
+// restore restores a created container from its checkpoint.
+func (s *Service) restore(ctx context.Context, c *container) error {
+	t0 := time.Now()
+	if err := c.init.Start(ctx); err != nil {
+		return err
+	}
+	log.G(ctx).WithField("id", c.id).WithField("ms", time.Since(t0).Milliseconds()).Info("restored")
+	if c.gpu != nil {
+		c.gpu.verifyAfterRestore(ctx, c)
+	}
+	return nil
+}

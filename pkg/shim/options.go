@@ -1,0 +1,229 @@
+package shim
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// DefaultRoot is runsc's state directory when none is configured; the
+// containerd namespace is appended to it.
+const DefaultRoot = "/run/containerd/runsc-cuda"
+
+// Config is the shim's configuration. It is read from a TOML file named by
+// containerd's runtime options (runtimeoptions.v1.Options ConfigPath, or
+// inline as ConfigBody), so the same file format serves ctr, the containerd
+// client, nerdctl and the CRI. Its first keys match gVisor's own runsc.toml.
+type Config struct {
+	// BinaryName is the runsc binary (path or name on PATH).
+	BinaryName string `toml:"binary_name" json:"binary_name,omitempty"`
+	// Root is runsc's state directory; the namespace is appended.
+	Root string `toml:"root" json:"root,omitempty"`
+	// LogLevel is the shim's log level (debug, info, warn, error).
+	LogLevel string `toml:"log_level" json:"log_level,omitempty"`
+	// IoUID and IoGID own the container's stdio pipes (user namespaces).
+	IoUID int `toml:"io_uid" json:"io_uid,omitempty"`
+	IoGID int `toml:"io_gid" json:"io_gid,omitempty"`
+	// RunscConfig holds runsc global flags, e.g. platform = "systrap",
+	// debug = "true", debug-log = "/var/log/runsc/%ID%/".
+	RunscConfig map[string]string `toml:"runsc_config" json:"runsc_config,omitempty"`
+	// Checkpoint tunes checkpoint and restore.
+	Checkpoint CheckpointConfig `toml:"checkpoint" json:"checkpoint"`
+	// CUDA configures GPU containers.
+	CUDA CUDAConfig `toml:"cuda" json:"cuda"`
+}
+
+// CheckpointConfig tunes checkpoint and restore. The defaults are the fastest
+// measured settings (see docs/performance.md).
+type CheckpointConfig struct {
+	// Compression of the image: "none" or "flate-best-speed".
+	Compression string `toml:"compression" json:"compression,omitempty"`
+	// Direct writes the image with O_DIRECT.
+	Direct bool `toml:"direct" json:"direct,omitempty"`
+	// RestoreDirect reads the image with O_DIRECT.
+	RestoreDirect bool `toml:"restore_direct" json:"restore_direct,omitempty"`
+	// BackgroundRestore lets the sandbox keep loading memory after restore
+	// returns (uncompressed images only). Unset means true.
+	BackgroundRestore *bool `toml:"background_restore" json:"background_restore,omitempty"`
+	// ExcludeCommittedZeroPages skips zero pages when saving.
+	ExcludeCommittedZeroPages bool `toml:"exclude_committed_zero_pages" json:"exclude_committed_zero_pages,omitempty"`
+}
+
+// CUDAConfig configures GPU containers.
+type CUDAConfig struct {
+	// ToggleTool is the host path of the CUDA checkpoint tool mounted
+	// read-only into GPU containers. Empty means "cuda-checkpoint" next to
+	// the shim binary. It may point at NVIDIA's cuda-checkpoint.
+	ToggleTool string `toml:"toggle_tool" json:"toggle_tool,omitempty"`
+	// Sequential toggles CUDA processes one at a time instead of in parallel.
+	Sequential bool `toml:"sequential" json:"sequential,omitempty"`
+	// LockTimeout bounds how long the toggle waits for running CUDA work
+	// ("10s"); empty leaves the driver's default.
+	LockTimeout string `toml:"lock_timeout" json:"lock_timeout,omitempty"`
+	// DriverLibDir is a host directory holding the NVIDIA user-space driver
+	// libraries (libcuda.so.1, ...), mounted read-only into GPU containers
+	// whose spec does not already provide them (CDI or the NVIDIA toolkit).
+	DriverLibDir string `toml:"driver_lib_dir" json:"driver_lib_dir,omitempty"`
+}
+
+// BackgroundRestoreEnabled resolves the default of BackgroundRestore.
+func (c CheckpointConfig) BackgroundRestoreEnabled() bool {
+	return c.BackgroundRestore == nil || *c.BackgroundRestore
+}
+
+// LockTimeoutDuration parses LockTimeout.
+func (c CUDAConfig) LockTimeoutDuration() (time.Duration, error) {
+	if c.LockTimeout == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(c.LockTimeout)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("cuda.lock_timeout %q is not a duration such as \"10s\"", c.LockTimeout)
+	}
+	return d, nil
+}
+
+// Validate checks values that runsc would otherwise reject late.
+func (c *Config) Validate() error {
+	switch c.Checkpoint.Compression {
+	case "", "none", "flate-best-speed":
+	default:
+		return fmt.Errorf("checkpoint.compression %q is not supported: use \"none\" or \"flate-best-speed\"", c.Checkpoint.Compression)
+	}
+	if _, err := c.CUDA.LockTimeoutDuration(); err != nil {
+		return err
+	}
+	if c.Root != "" && !filepath.IsAbs(c.Root) {
+		return fmt.Errorf("root %q must be an absolute path", c.Root)
+	}
+	for _, p := range []struct{ key, val string }{{"cuda.toggle_tool", c.CUDA.ToggleTool}, {"cuda.driver_lib_dir", c.CUDA.DriverLibDir}} {
+		if p.val != "" && !filepath.IsAbs(p.val) {
+			return fmt.Errorf("%s %q must be an absolute path", p.key, p.val)
+		}
+	}
+	for k := range c.RunscConfig {
+		if k == "" || strings.HasPrefix(k, "-") || strings.ContainsAny(k, "= ") {
+			return fmt.Errorf("runsc_config key %q is not a runsc flag name (write platform = \"systrap\", not --platform)", k)
+		}
+		switch k {
+		case "root", "log", "log-format":
+			return fmt.Errorf("runsc_config key %q is managed by the shim: set the top-level key instead", k)
+		}
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "", "trace", "debug", "info", "warn", "warning", "error":
+	default:
+		return fmt.Errorf("log_level %q is not one of trace, debug, info, warn, error", c.LogLevel)
+	}
+	return nil
+}
+
+// RunscRoot returns the runsc state directory for a namespace.
+func (c *Config) RunscRoot(namespace string) string {
+	root := c.Root
+	if root == "" {
+		root = DefaultRoot
+	}
+	return filepath.Join(root, namespace)
+}
+
+// decodeConfig parses a TOML config strictly: unknown keys are errors.
+func decodeConfig(body, source string) (*Config, error) {
+	var c Config
+	md, err := toml.Decode(body, &c)
+	if err != nil {
+		return nil, fmt.Errorf("%w: parsing shim config %s: %v", errdefs.ErrInvalidArgument, source, err)
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		keys := make([]string, len(undecoded))
+		for i, k := range undecoded {
+			keys[i] = k.String()
+		}
+		return nil, fmt.Errorf("%w: shim config %s has unknown keys %s; see docs/configuration.md", errdefs.ErrInvalidArgument, source, strings.Join(keys, ", "))
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: shim config %s: %v", errdefs.ErrInvalidArgument, source, err)
+	}
+	return &c, nil
+}
+
+// ParseOptions turns the options containerd sends with CreateTaskRequest into
+// a Config. Accepted:
+//   - nil: defaults;
+//   - runtimeoptions.v1.Options with ConfigPath or ConfigBody (TOML): what
+//     the CRI sends for non-runc runtimes, and `ctr --runtime-config-path`;
+//   - runc's options.Options: BinaryName and Root are used (runsc is a
+//     runc-compatible binary); runc-only settings are refused.
+func ParseOptions(opts *anypb.Any) (*Config, error) {
+	if opts == nil || opts.GetValue() == nil && opts.GetTypeUrl() == "" {
+		return &Config{}, nil
+	}
+	v, err := typeurl.UnmarshalAny(opts)
+	if err != nil {
+		return nil, fmt.Errorf("%w: runtime options of type %q cannot be read by this shim: %v; use runtimeoptions.v1.Options with ConfigPath pointing at a TOML file", errdefs.ErrInvalidArgument, opts.GetTypeUrl(), err)
+	}
+	switch o := v.(type) {
+	case *runtimeoptions.Options:
+		if len(o.ConfigBody) > 0 {
+			return decodeConfig(string(o.ConfigBody), "(inline ConfigBody)")
+		}
+		if o.ConfigPath == "" {
+			return &Config{}, nil
+		}
+		data, err := os.ReadFile(o.ConfigPath)
+		if err != nil {
+			return nil, fmt.Errorf("%w: reading shim config: %v", errdefs.ErrInvalidArgument, err)
+		}
+		return decodeConfig(string(data), o.ConfigPath)
+	case *runcoptions.Options:
+		if o.SystemdCgroup {
+			return nil, fmt.Errorf("%w: runc option SystemdCgroup is not supported by runsc-cuda; set runsc_config systemd-cgroup = \"true\" in the shim config instead", errdefs.ErrInvalidArgument)
+		}
+		c := &Config{BinaryName: o.BinaryName, Root: o.Root, IoUID: int(o.IoUid), IoGID: int(o.IoGid)}
+		if err := c.Validate(); err != nil {
+			return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
+		}
+		return c, nil
+	default:
+		return nil, fmt.Errorf("%w: runtime options of type %T are not supported by io.containerd.runsc-cuda.v1; use runtimeoptions.v1.Options{ConfigPath: \"/etc/containerd/runsc-cuda.toml\"}", errdefs.ErrInvalidArgument, v)
+	}
+}
+
+const configFileName = "runsc-cuda.json"
+
+// writeBundleConfig persists the resolved config in the bundle so that a
+// later `shim delete` (after the shim died) can find runsc and its root.
+func writeBundleConfig(bundle string, c *Config) error {
+	data, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(bundle, configFileName), data, 0o600)
+}
+
+// readBundleConfig reads what writeBundleConfig wrote; a missing file gives
+// the defaults.
+func readBundleConfig(bundle string) (*Config, error) {
+	data, err := os.ReadFile(filepath.Join(bundle, configFileName))
+	if os.IsNotExist(err) {
+		return &Config{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var c Config
+	if err := json.Unmarshal(data, &c); err != nil {
+		return nil, fmt.Errorf("parsing %s: %w", configFileName, err)
+	}
+	return &c, nil
+}

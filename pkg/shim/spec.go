@@ -1,0 +1,41 @@
+package shim
+
+import (
+	"fmt"
+	"os/exec"
+	"slices"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/checkpoint"
+)
+
+var lookPath = exec.LookPath
+
+// summarizeSpec keeps the parts of a spec that runsc requires to be equal at
+// restore and that users change by mistake (a different command, a volume
+// added or dropped), so a mismatch is reported before anything is created.
+// runsc validates the rest itself.
+func summarizeSpec(s *specs.Spec) checkpoint.SpecSummary {
+	var sum checkpoint.SpecSummary
+	if s.Process != nil {
+		sum.Args = slices.Clone(s.Process.Args)
+	}
+	for _, m := range s.Mounts {
+		if !slices.Contains(sum.Mounts, m.Destination) {
+			sum.Mounts = append(sum.Mounts, m.Destination)
+		}
+	}
+	slices.Sort(sum.Mounts)
+	return sum
+}
+
+func compareSpec(saved, now checkpoint.SpecSummary) error {
+	if len(saved.Args) > 0 && !slices.Equal(saved.Args, now.Args) {
+		return fmt.Errorf("the checkpointed container ran %q but this container's spec runs %q; use the same image and command", saved.Args, now.Args)
+	}
+	if saved.Mounts != nil && !slices.Equal(saved.Mounts, now.Mounts) {
+		return fmt.Errorf("the checkpointed container had mounts %q but this container's spec has %q; runsc needs the same mount points", saved.Mounts, now.Mounts)
+	}
+	return nil
+}
