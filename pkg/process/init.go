@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -91,12 +90,12 @@ func NewInit(cfg InitConfig) *Init {
 	return p
 }
 
-func (p *Init) ID() string              { return p.cfg.ID }
-func (p *Init) Pid() int                { return p.pid }
-func (p *Init) Stdio() stdio.Stdio      { return p.cfg.Stdio }
-func (p *Init) Runtime() *runsc.Runsc   { return p.cfg.Runtime }
-func (p *Init) Bundle() string          { return p.cfg.Bundle }
-func (p *Init) Restoring() bool         { return p.cfg.Restore != nil }
+func (p *Init) ID() string                     { return p.cfg.ID }
+func (p *Init) Pid() int                       { return p.pid }
+func (p *Init) Stdio() stdio.Stdio             { return p.cfg.Stdio }
+func (p *Init) Runtime() *runsc.Runsc          { return p.cfg.Runtime }
+func (p *Init) Bundle() string                 { return p.cfg.Bundle }
+func (p *Init) Restoring() bool                { return p.cfg.Restore != nil }
 func (p *Init) Wait(ctx context.Context) error { return waitFor(ctx, p.exit.waitBlock) }
 
 func (p *Init) ExitStatus() int {
@@ -152,6 +151,8 @@ func (p *Init) Create(ctx context.Context) (retErr error) {
 	window := p.cfg.Exits.Open()
 	if err := p.cfg.Runtime.Create(ctx, p.cfg.ID, p.cfg.Bundle, opts); err != nil {
 		window.Close()
+		// runsc may have left state behind; remove it so nothing leaks.
+		p.destroy(ctx)
 		return err
 	}
 	pid, err := runc.ReadPidFile(opts.PidFile)
@@ -417,13 +418,4 @@ func (p *Init) Checkpoint(ctx context.Context, fn func(ctx context.Context, paus
 		return notAllowed("checkpoint", st)
 	}
 	return fn(ctx, st == StatusPaused)
-}
-
-// writeFileAtomic is used for small state files in the bundle.
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }

@@ -26,11 +26,11 @@ type initState interface {
 // baseState refuses everything; states override what they allow.
 type baseState struct{ name string }
 
-func (b baseState) Status() string                { return b.name }
-func (b baseState) Start(context.Context) error   { return notAllowed("start", b.name) }
-func (b baseState) Delete(context.Context) error  { return notAllowed("delete", b.name) }
-func (b baseState) Pause(context.Context) error   { return notAllowed("pause", b.name) }
-func (b baseState) Resume(context.Context) error  { return notAllowed("resume", b.name) }
+func (b baseState) Status() string               { return b.name }
+func (b baseState) Start(context.Context) error  { return notAllowed("start", b.name) }
+func (b baseState) Delete(context.Context) error { return notAllowed("delete", b.name) }
+func (b baseState) Pause(context.Context) error  { return notAllowed("pause", b.name) }
+func (b baseState) Resume(context.Context) error { return notAllowed("resume", b.name) }
 func (b baseState) Kill(context.Context, uint32, bool) error {
 	return notAllowed("signal", b.name)
 }

@@ -13,14 +13,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -497,19 +495,3 @@ func (r *Runsc) Update(ctx context.Context, id string, res *specs.LinuxResources
 	_, err = r.output(cmd, []string{"update"})
 	return err
 }
-
-// WaitForFile polls until path exists and is non-empty or the timeout passes.
-func WaitForFile(path string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		if st, err := os.Stat(path); err == nil && st.Size() > 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not appear within %s", path, timeout)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-var _ io.Closer = (*os.File)(nil)

@@ -1,0 +1,75 @@
+package checkpoint
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestWriteReadCheck(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "checkpoint.img"), []byte("state"), 0o600)
+	os.WriteFile(filepath.Join(dir, "pages.img"), []byte("pagespages"), 0o600)
+	files, err := ListFiles(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != 2 || files[0].Name != "checkpoint.img" || files[1].Size != 10 {
+		t.Fatalf("files = %+v", files)
+	}
+	m := &Metadata{FormatVersion: FormatVersion, RunscVersion: "v1", Files: files, Compression: "none"}
+	if err := Write(dir, m); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(filepath.Join(dir, MetadataFile))
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("metadata file: %v %v", st, err)
+	}
+	got, err := Read(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Size() != 15 || got.RunscVersion != "v1" {
+		t.Fatalf("got %+v", got)
+	}
+	if err := got.CheckFiles(dir); err != nil {
+		t.Fatal(err)
+	}
+	// ListFiles ignores the metadata itself.
+	if again, _ := ListFiles(dir); len(again) != 2 {
+		t.Fatalf("ListFiles = %+v", again)
+	}
+	// Truncation and loss are detected.
+	os.WriteFile(filepath.Join(dir, "pages.img"), []byte("page"), 0o600)
+	if err := got.CheckFiles(dir); err == nil || !strings.Contains(err.Error(), "pages.img is 4 bytes, the checkpoint recorded 10") {
+		t.Fatalf("truncated: %v", err)
+	}
+	os.Remove(filepath.Join(dir, "pages.img"))
+	if err := got.CheckFiles(dir); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("missing: %v", err)
+	}
+}
+
+func TestReadRejects(t *testing.T) {
+	for _, tc := range []struct {
+		name, body, want string
+	}{
+		{"not json", "{", "not valid JSON"},
+		{"future format", `{"format_version": 2, "runsc_version": "x", "files": [{"name": "a", "size": 1}]}`, "format version 2"},
+		{"no runsc", `{"format_version": 1, "files": [{"name": "a", "size": 1}]}`, "runsc version"},
+		{"no files", `{"format_version": 1, "runsc_version": "x"}`, "no image files"},
+		{"escaping name", `{"format_version": 1, "runsc_version": "x", "files": [{"name": "../etc/passwd", "size": 1}]}`, "invalid file name"},
+		{"negative size", `{"format_version": 1, "runsc_version": "x", "files": [{"name": "a", "size": -1}]}`, "negative size"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Decode(strings.NewReader(tc.body))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := Read(t.TempDir()); err == nil || !strings.Contains(err.Error(), "not a complete runsc-cuda checkpoint") {
+		t.Fatalf("missing metadata: %v", err)
+	}
+}
