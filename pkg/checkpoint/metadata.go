@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
+
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/cuda"
 )
 
 // MetadataFile is the metadata's name inside a checkpoint directory. It is
@@ -63,26 +65,16 @@ type SpecSummary struct {
 	Mounts []string `json:"mounts,omitempty"`
 }
 
-// GPU holds a GPU container's facts at checkpoint time.
+// GPU holds a GPU container's facts at checkpoint time: the driver, the
+// GPUs the container used and the device memory its sandbox held (zero when
+// host-side discovery was unavailable).
 type GPU struct {
-	DriverVersion string      `json:"driver_version"`
-	Devices       []GPUDevice `json:"devices"`
-	// UsedMemoryBytes is the device memory the sandbox held before the
-	// checkpoint (0 when host-side discovery was unavailable).
-	UsedMemoryBytes uint64 `json:"used_memory_bytes"`
+	cuda.GPUFacts
 	// ReleasedAfterExit is set when an exit checkpoint verified that the
 	// sandbox released its device memory.
-	ReleasedAfterExit bool `json:"released_after_exit,omitempty"`
-	// ToggleTool is the tool's path inside the container.
-	ToggleTool string `json:"toggle_tool"`
-}
-
-// GPUDevice is one GPU the container used.
-type GPUDevice struct {
-	Index       int    `json:"index"`
-	UUID        string `json:"uuid"`
-	Name        string `json:"name"`
-	MemoryTotal uint64 `json:"memory_total_bytes,omitempty"`
+	ReleasedAfterExit bool `json:"releasedAfterExit,omitempty"`
+	// ToggleTool is the CUDA toggle tool's path inside the container.
+	ToggleTool string `json:"toggleTool"`
 }
 
 // Timings of one checkpoint.

@@ -169,7 +169,7 @@ func (s *Service) checkpoint(ctx context.Context, c *container, req checkpointRe
 	}
 	if c.gpu != nil {
 		meta.GPU = c.gpu.facts(ctx, gpuBefore)
-		if err := c.gpu.verifyAfterCheckpoint(ctx, c, req.Exit, meta.GPU); err != nil {
+		if err := c.gpu.verifyAfterCheckpoint(ctx, c, req.Exit, meta.GPU, gpuBefore); err != nil {
 			return err
 		}
 	}
@@ -273,7 +273,7 @@ func (s *Service) restore(ctx context.Context, c *container) error {
 	}
 	log.G(ctx).WithField("id", c.id).WithField("ms", time.Since(t0).Milliseconds()).Info("restored")
 	if c.gpu != nil {
-		c.gpu.verifyAfterRestore(ctx, c)
+		c.gpu.verifyAfterRestore(ctx, c, c.restored.GPU)
 	}
 	return nil
 }

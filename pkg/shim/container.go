@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/checkpoint"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/process"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/runsc"
 )
@@ -36,6 +37,8 @@ type container struct {
 	init   *process.Init
 	// gpu is set for containers that use NVIDIA GPUs through nvproxy.
 	gpu *gpuSetup
+	// restored is the metadata of the checkpoint Start restores, if any.
+	restored *checkpoint.Metadata
 
 	mu    sync.Mutex
 	execs map[string]*process.Exec

@@ -28,9 +28,9 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/plugin"
 	"github.com/containerd/plugin/registry"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
-	"golang.org/x/sys/unix"
 
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/runsc"
 )

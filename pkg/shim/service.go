@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -34,6 +35,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/process"
 )
@@ -208,6 +210,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, err
 	}
 	if c.gpu != nil {
+		c.gpu.publish = s.publishJSON
 		if err := writeSpec(r.Bundle, spec); err != nil {
 			return nil, err
 		}
@@ -223,6 +226,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		if err != nil {
 			return nil, err
 		}
+		c.restored = meta
 		restore = &process.RestoreConfig{
 			ImagePath:  restoreOpts,
 			Direct:     cfg.Checkpoint.RestoreDirect,
@@ -679,6 +683,18 @@ func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*pt
 	return empty, nil
 }
 
+// publishJSON publishes v, as JSON, on a topic of the shim's own; `ctr
+// events` shows it. Used for host-side GPU facts.
+func (s *Service) publishJSON(ctx context.Context, topic string, v any) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return
+	}
+	if err := s.publisher.Publish(ctx, topic, wrapperspb.String(string(data))); err != nil {
+		log.G(ctx).WithError(err).WithField("topic", topic).Warn("publishing event")
+	}
+}
+
 // exitFileName records init's exit in the bundle for `shim delete`.
 const exitFileName = "exit-status"
 
@@ -698,7 +714,3 @@ func readExitStatus(bundle string) (pid, status int, at time.Time, err error) {
 	}
 	return pid, status, time.Unix(0, ns), nil
 }
-
-
-
-

@@ -172,3 +172,22 @@ func FormatDeviceMap(pairs []GPUPair) string {
 	}
 	return strings.Join(items, ",")
 }
+
+// Environment variables of the cuda-checkpoint tool (cmd/cuda-checkpoint).
+// runsc runs the tool with fixed arguments and the container's environment,
+// so these are how the shim, or a test, configures it: set them in the
+// container's environment.
+const (
+	// EnvLockTimeout is the lock timeout in milliseconds when --timeout is
+	// not given (0: the driver's default, no timeout).
+	EnvLockTimeout = "CUDA_CHECKPOINT_LOCK_TIMEOUT_MS"
+	// EnvDeviceMap is the --device-map of restores when none is given.
+	EnvDeviceMap = "CUDA_CHECKPOINT_DEVICE_MAP"
+	// EnvDeviceMapFile names a file holding the device map of restores,
+	// read at restore time; a missing file means no map.
+	EnvDeviceMapFile = "CUDA_CHECKPOINT_DEVICE_MAP_FILE"
+	// EnvInjectFailure makes the named steps fail (testing only): a
+	// comma-separated list of get-state, lock, checkpoint, restore, unlock,
+	// get-restore-tid.
+	EnvInjectFailure = "CUDA_CHECKPOINT_INJECT_FAILURE"
+)

@@ -98,18 +98,44 @@ type Native struct {
 
 var _ Driver = (*Native)(nil)
 
-// Open loads the CUDA driver library (LibCUDA when path is "") and
-// checks that it has the checkpoint API. It does not call cuInit.
+// fallbackLibCUDA are the places where container setups commonly mount the
+// driver's libcuda.so.1, tried when the dynamic loader's search path (for
+// instance LD_LIBRARY_PATH) does not find it.
+var fallbackLibCUDA = []string{
+	"/usr/local/nvidia/lib64/" + LibCUDA,
+	"/usr/lib/x86_64-linux-gnu/" + LibCUDA,
+	"/usr/lib/aarch64-linux-gnu/" + LibCUDA,
+	"/usr/lib64/" + LibCUDA,
+}
+
+// Open loads the CUDA driver library and checks that it has the checkpoint
+// API. It does not call cuInit. With path "" it loads LibCUDA through the
+// dynamic loader's search path, then from the usual mount points of the
+// driver's libraries.
 //
 // Errors wrap ErrNoDriver when the library cannot be loaded and
 // ErrDriverTooOld when the driver predates r570.
 func Open(path string) (*Native, error) {
+	candidates := []string{path}
 	if path == "" {
-		path = LibCUDA
+		candidates = append([]string{LibCUDA}, fallbackLibCUDA...)
 	}
-	h, err := purego.Dlopen(path, purego.RTLD_NOW|purego.RTLD_GLOBAL)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s could not be loaded: %v; is the driver's library directory mounted in the container (and on the library path)?", ErrNoDriver, path, err)
+	var h uintptr
+	var firstErr error
+	for _, c := range candidates {
+		lib, err := purego.Dlopen(c, purego.RTLD_NOW|purego.RTLD_GLOBAL)
+		if err == nil {
+			h, path = lib, c
+			break
+		}
+		if firstErr == nil {
+			// The soname's error is the telling one; the fallbacks mostly
+			// do not exist.
+			firstErr = fmt.Errorf("%s could not be loaded: %v", c, err)
+		}
+	}
+	if h == 0 {
+		return nil, fmt.Errorf("%w: %v; is the driver's library directory mounted in the container (and on the library path)?", ErrNoDriver, firstErr)
 	}
 	d := &Native{}
 	base := []struct {
