@@ -129,8 +129,13 @@ func parseToolEnv(env map[string]string, exists func(string) bool) (ToolSet, err
 	return ts, nil
 }
 
-// ContainerdVersion returns the binaries of containerd version v ("" for the default).
+// ContainerdVersion returns the binaries of containerd version v ("" for the
+// default: $RCUDA_E2E_CONTAINERD if set, else the first pinned version, so the
+// whole suite can run against another daemon version).
 func (ts ToolSet) ContainerdVersion(v string) (ContainerdTools, error) {
+	if v == "" {
+		v = os.Getenv("RCUDA_E2E_CONTAINERD")
+	}
 	if v == "" {
 		v = ts.DefaultContainerd
 	}
