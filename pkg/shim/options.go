@@ -157,16 +157,41 @@ func decodeConfig(body, source string) (*Config, error) {
 	return &c, nil
 }
 
+// DefaultConfigPath is read when containerd sends no runtime options (ctr
+// without --runtime-config-path, nerdctl). ConfigEnv, in containerd's
+// environment, names another file.
+const (
+	DefaultConfigPath = "/etc/containerd/runsc-cuda.toml"
+	ConfigEnv         = "RUNSC_CUDA_CONFIG"
+)
+
+// defaultConfig reads the default config file, if there is one.
+func defaultConfig() (*Config, error) {
+	path, explicit := os.LookupEnv(ConfigEnv)
+	if !explicit || path == "" {
+		path = DefaultConfigPath
+	}
+	data, err := os.ReadFile(path)
+	if os.IsNotExist(err) && !explicit {
+		return &Config{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading shim config: %v", errdefs.ErrInvalidArgument, err)
+	}
+	return decodeConfig(string(data), path)
+}
+
 // ParseOptions turns the options containerd sends with CreateTaskRequest into
 // a Config. Accepted:
-//   - nil: defaults;
+//   - nil: the default config file (DefaultConfigPath or $RUNSC_CUDA_CONFIG),
+//     else defaults;
 //   - runtimeoptions.v1.Options with ConfigPath or ConfigBody (TOML): what
 //     the CRI sends for non-runc runtimes, and `ctr --runtime-config-path`;
 //   - runc's options.Options: BinaryName and Root are used (runsc is a
 //     runc-compatible binary); runc-only settings are refused.
 func ParseOptions(opts *anypb.Any) (*Config, error) {
 	if opts == nil || opts.GetValue() == nil && opts.GetTypeUrl() == "" {
-		return &Config{}, nil
+		return defaultConfig()
 	}
 	v, err := typeurl.UnmarshalAny(opts)
 	if err != nil {
@@ -178,7 +203,7 @@ func ParseOptions(opts *anypb.Any) (*Config, error) {
 			return decodeConfig(string(o.ConfigBody), "(inline ConfigBody)")
 		}
 		if o.ConfigPath == "" {
-			return &Config{}, nil
+			return defaultConfig()
 		}
 		data, err := os.ReadFile(o.ConfigPath)
 		if err != nil {

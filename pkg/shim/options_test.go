@@ -47,7 +47,7 @@ lock_timeout = "10s"
 		wantErr string
 		check   func(*testing.T, *Config)
 	}{
-		{name: "nil gives defaults", opts: nil, check: func(t *testing.T, c *Config) {
+		{name: "nil without a default file gives defaults", opts: nil, check: func(t *testing.T, c *Config) {
 			if c.RunscRoot("default") != "/run/containerd/runsc-cuda/default" {
 				t.Errorf("root = %s", c.RunscRoot("default"))
 			}
@@ -100,6 +100,25 @@ lock_timeout = "10s"
 			}
 			tc.check(t, c)
 		})
+	}
+}
+
+func TestDefaultConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.toml")
+	os.WriteFile(path, []byte(`binary_name = "/from/env/runsc"`), 0o600)
+	t.Setenv(ConfigEnv, path)
+	c, err := ParseOptions(nil)
+	if err != nil || c.BinaryName != "/from/env/runsc" {
+		t.Fatalf("got %+v, %v", c, err)
+	}
+	c, err = ParseOptions(mustAny(t, &runtimeoptions.Options{}))
+	if err != nil || c.BinaryName != "/from/env/runsc" {
+		t.Fatalf("empty runtimeoptions: got %+v, %v", c, err)
+	}
+	t.Setenv(ConfigEnv, filepath.Join(dir, "missing.toml"))
+	if _, err := ParseOptions(nil); err == nil {
+		t.Fatal("a named config file that does not exist must be an error")
 	}
 }
 

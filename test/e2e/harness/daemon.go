@@ -292,8 +292,13 @@ func (d *Daemon) daemonEnv() []string {
 	}
 	path = append(path, os.Getenv("PATH"))
 	env := []string{"PATH=" + strings.Join(path, ":")}
+	if d.ShimConfigPath != "" {
+		// Used by the shim when a client sends no runtime options (nerdctl,
+		// ctr without --runtime-config-path).
+		env = append(env, "RUNSC_CUDA_CONFIG="+d.ShimConfigPath)
+	}
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PATH=") && !strings.HasPrefix(kv, "CONTAINERD_") {
+		if !strings.HasPrefix(kv, "PATH=") && !strings.HasPrefix(kv, "CONTAINERD_") && !strings.HasPrefix(kv, "RUNSC_CUDA_CONFIG=") {
 			env = append(env, kv)
 		}
 	}
