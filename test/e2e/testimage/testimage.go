@@ -183,61 +183,67 @@ func buildWorkload(ctx context.Context, outDir string) ([]byte, error) {
 	return os.ReadFile(bin)
 }
 
-// layerFile is one entry of a tar: of the image's only layer or of the layout.
-type layerFile struct {
-	name string // without a leading slash
-	mode int64  // permission bits, with sticky
-	typ  byte   // tar.TypeReg, tar.TypeDir or tar.TypeSymlink
-	link string
-	data []byte
+// File is one entry of a tar: of an image's layer or of the layout.
+type File struct {
+	Name string // without a leading slash
+	Mode int64  // permission bits, with sticky
+	Typ  byte   // tar.TypeReg, tar.TypeDir or tar.TypeSymlink
+	Link string
+	Data []byte
 }
 
-func layerFiles(busybox, workload []byte) []layerFile {
-	files := []layerFile{
-		{name: "bin", mode: 0o755, typ: tar.TypeDir},
-		{name: "bin/busybox", mode: 0o755, typ: tar.TypeReg, data: busybox},
-		{name: "dev", mode: 0o755, typ: tar.TypeDir},
-		{name: "etc", mode: 0o755, typ: tar.TypeDir},
-		{name: "etc/group", mode: 0o644, typ: tar.TypeReg, data: []byte("root:x:0:\nnogroup:x:65534:\n")},
-		{name: "etc/passwd", mode: 0o644, typ: tar.TypeReg,
-			data: []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")},
-		{name: "proc", mode: 0o555, typ: tar.TypeDir},
-		{name: "root", mode: 0o700, typ: tar.TypeDir},
-		{name: "sys", mode: 0o555, typ: tar.TypeDir},
-		{name: "tmp", mode: 0o1777, typ: tar.TypeDir},
-		{name: strings.TrimPrefix(WorkloadPath, "/"), mode: 0o755, typ: tar.TypeReg, data: workload},
+// BaseFiles are the directories, /etc files and busybox (with applet
+// symlinks) every test image has.
+func BaseFiles(busybox []byte) []File {
+	files := []File{
+		{Name: "bin", Mode: 0o755, Typ: tar.TypeDir},
+		{Name: "bin/busybox", Mode: 0o755, Typ: tar.TypeReg, Data: busybox},
+		{Name: "dev", Mode: 0o755, Typ: tar.TypeDir},
+		{Name: "etc", Mode: 0o755, Typ: tar.TypeDir},
+		{Name: "etc/group", Mode: 0o644, Typ: tar.TypeReg, Data: []byte("root:x:0:\nnogroup:x:65534:\n")},
+		{Name: "etc/passwd", Mode: 0o644, Typ: tar.TypeReg,
+			Data: []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")},
+		{Name: "proc", Mode: 0o555, Typ: tar.TypeDir},
+		{Name: "root", Mode: 0o700, Typ: tar.TypeDir},
+		{Name: "sys", Mode: 0o555, Typ: tar.TypeDir},
+		{Name: "tmp", Mode: 0o1777, Typ: tar.TypeDir},
 	}
 	for _, a := range Applets() {
-		files = append(files, layerFile{name: "bin/" + a, mode: 0o777, typ: tar.TypeSymlink, link: "busybox"})
+		files = append(files, File{Name: "bin/" + a, Mode: 0o777, Typ: tar.TypeSymlink, Link: "busybox"})
 	}
-	sort.Slice(files, func(i, j int) bool { return files[i].name < files[j].name })
+	return files
+}
+
+func layerFiles(busybox, workload []byte) []File {
+	files := append(BaseFiles(busybox), File{Name: strings.TrimPrefix(WorkloadPath, "/"), Mode: 0o755, Typ: tar.TypeReg, Data: workload})
+	sort.Slice(files, func(i, j int) bool { return files[i].Name < files[j].Name })
 	return files
 }
 
 // writeTar returns an uncompressed tar of files, in order, owned by root, with fixed
 // modification times.
-func writeTar(files []layerFile) ([]byte, error) {
+func writeTar(files []File) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, f := range files {
 		h := &tar.Header{
-			Typeflag: f.typ,
-			Name:     f.name,
-			Linkname: f.link,
-			Mode:     f.mode,
-			Size:     int64(len(f.data)),
+			Typeflag: f.Typ,
+			Name:     f.Name,
+			Linkname: f.Link,
+			Mode:     f.Mode,
+			Size:     int64(len(f.Data)),
 			ModTime:  epoch,
 			Uname:    "root",
 			Gname:    "root",
 			Format:   tar.FormatPAX,
 		}
-		if f.typ == tar.TypeDir {
+		if f.Typ == tar.TypeDir {
 			h.Name += "/"
 		}
 		if err := tw.WriteHeader(h); err != nil {
 			return nil, err
 		}
-		if _, err := tw.Write(f.data); err != nil {
+		if _, err := tw.Write(f.Data); err != nil {
 			return nil, err
 		}
 	}
@@ -281,9 +287,16 @@ func jsonBlob(mediaType string, v any) (blob, error) {
 	return newBlob(mediaType, b), nil
 }
 
-// buildLayout returns the OCI image layout tar of the image.
+// buildLayout returns the OCI image layout tar of the test image.
 func buildLayout(busybox, workload []byte) ([]byte, error) {
-	layerTar, err := writeTar(layerFiles(busybox, workload))
+	return Layout(Ref, layerFiles(busybox, workload), []string{WorkloadPath, "sleep"}, nil)
+}
+
+// Layout returns an OCI image layout tar, importable as ref, of one gzip
+// layer holding files (sorted by the caller), with cmd as the default
+// command and env added to PATH.
+func Layout(ref string, files []File, cmd, env []string) ([]byte, error) {
+	layerTar, err := writeTar(files)
 	if err != nil {
 		return nil, err
 	}
@@ -298,8 +311,8 @@ func buildLayout(busybox, workload []byte) ([]byte, error) {
 		Created:  &created,
 		Platform: platform,
 		Config: ocispec.ImageConfig{
-			Env:        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-			Cmd:        []string{WorkloadPath, "sleep"},
+			Env:        append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, env...),
+			Cmd:        cmd,
 			WorkingDir: "/",
 		},
 		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{digest.FromBytes(layerTar)}},
@@ -323,8 +336,8 @@ func buildLayout(busybox, workload []byte) ([]byte, error) {
 	mdesc := manifest.desc
 	mdesc.Platform = &platform
 	mdesc.Annotations = map[string]string{
-		"io.containerd.image.name": Ref,
-		ocispec.AnnotationRefName:  Tag,
+		"io.containerd.image.name": ref,
+		ocispec.AnnotationRefName:  tagOf(ref),
 	}
 	index, err := json.Marshal(ocispec.Index{
 		Versioned: specs.Versioned{SchemaVersion: 2},
@@ -339,22 +352,31 @@ func buildLayout(busybox, workload []byte) ([]byte, error) {
 		return nil, err
 	}
 
-	entries := []layerFile{
-		{name: ocispec.ImageLayoutFile, typ: tar.TypeReg, data: ociLayout},
-		{name: "index.json", typ: tar.TypeReg, data: index},
-		{name: "blobs", typ: tar.TypeDir},
-		{name: "blobs/sha256", typ: tar.TypeDir},
+	entries := []File{
+		{Name: ocispec.ImageLayoutFile, Typ: tar.TypeReg, Data: ociLayout},
+		{Name: "index.json", Typ: tar.TypeReg, Data: index},
+		{Name: "blobs", Typ: tar.TypeDir},
+		{Name: "blobs/sha256", Typ: tar.TypeDir},
 	}
 	for _, b := range []blob{layer, config, manifest} {
-		entries = append(entries, layerFile{name: "blobs/sha256/" + b.desc.Digest.Encoded(), typ: tar.TypeReg, data: b.data})
+		entries = append(entries, File{Name: "blobs/sha256/" + b.desc.Digest.Encoded(), Typ: tar.TypeReg, Data: b.data})
 	}
 	for i := range entries {
-		entries[i].mode = 0o644
-		if entries[i].typ == tar.TypeDir {
-			entries[i].mode = 0o755
+		entries[i].Mode = 0o644
+		if entries[i].Typ == tar.TypeDir {
+			entries[i].Mode = 0o755
 		}
 	}
 	return writeTar(entries)
+}
+
+// tagOf returns the tag of an image reference ("latest" when it has none).
+func tagOf(ref string) string {
+	name := ref[strings.LastIndex(ref, "/")+1:]
+	if i := strings.LastIndex(name, ":"); i >= 0 {
+		return name[i+1:]
+	}
+	return "latest"
 }
 
 // writeFileAtomic writes data to path through a temporary file in the same directory,
