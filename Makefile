@@ -23,7 +23,7 @@ CONTAINERD_COMPAT ?= 2.3.7
 RCUDA_TOOLS ?= /var/lib/rcuda-tools
 export RCUDA_TOOLS
 
-.PHONY: all build install tools unit e2e e2e-compat test demo bench bench-smoke soak fuzz lint clean
+.PHONY: all build install tools unit e2e e2e-compat test demo bench bench-smoke soak fuzz lint clean gpu-bundle gpu-dry
 
 all: build
 
@@ -50,6 +50,26 @@ e2e-compat: tools
 	RCUDA_E2E_CONTAINERD=$(CONTAINERD_COMPAT) $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -run 'Compat' -v ./test/e2e/ 2>&1 | tee e2e-compat.log | hack/test-summary.sh
 
 test: lint unit e2e e2e-compat
+
+# gpu-bundle collects everything test/e2e/gpu/run.sh needs on a GPU host that
+# has no Go and no network, stripped, and packs it as $(GPU_BUNDLE).tar.xz.
+GPU_BUNDLE ?= .carry/gpu
+gpu-bundle: tools build
+	rm -rf $(GPU_BUNDLE) && mkdir -p $(GPU_BUNDLE)
+	eval "$$(hack/tools.sh env)"; \
+	for b in "$$RCUDA_CONTAINERD_2_4" "$$RCUDA_CTR_2_4" "$$RCUDA_RUNSC"; do strip --strip-all -o $(GPU_BUNDLE)/$$(basename $$b) $$b; done; \
+	cp "$$RCUDA_BUSYBOX" $(GPU_BUNDLE)/busybox
+	cp $(BIN)/containerd-shim-runsc-cuda-v1 $(BIN)/cuda-checkpoint $(GPU_BUNDLE)/
+	$(GOBUILD) -o $(GPU_BUNDLE)/workload ./test/e2e/gpu/workload
+	$(GOBUILD) -o $(GPU_BUNDLE)/mkimage ./test/e2e/gpu/mkimage
+	$(GOBUILD) -o $(GPU_BUNDLE)/restoretask ./test/e2e/gpu/restoretask
+	tar -C $(dir $(GPU_BUNDLE)) -cf - $(notdir $(GPU_BUNDLE)) | xz -T0 -6 > $(GPU_BUNDLE).tar.xz
+	@ls -la $(GPU_BUNDLE).tar.xz
+
+# gpu-dry runs the GPU scenario without a GPU (host memory instead of device
+# memory, no devices): it tries the scenario's plumbing on any machine.
+gpu-dry: gpu-bundle
+	DRY=1 BIN=$(GPU_BUNDLE) OUT=gpu-dry-results GIBS=0.05 CLONE_GIBS=0.05 test/e2e/gpu/run.sh
 
 demo: tools build
 	hack/demo.sh

@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/checkpoint"
@@ -117,20 +119,36 @@ func (s *Service) checkpoint(ctx context.Context, c *container, req checkpointRe
 	if _, err := os.Stat(filepath.Join(dir, checkpoint.MetadataFile)); err == nil || len(before) > 0 {
 		return fmt.Errorf("%w: checkpoint directory %s is not empty; choose an empty directory so no existing checkpoint is overwritten", errdefs.ErrFailedPrecondition, dir)
 	}
+	// stopped is set once an exit checkpoint has stopped the container; a
+	// failure before that leaves it running as it was.
+	stopped := false
 	defer func() {
 		if retErr != nil {
 			removeNewFiles(ctx, dir, before)
+			if !stopped {
+				s.recoverAfterFailedCheckpoint(ctx, c, paused)
+			}
 		}
 	}()
 
 	rt := c.init.Runtime()
 	cfg := c.config.Checkpoint
+	// runsc is always asked to leave the sandbox running: without
+	// --leave-running it kills the sandbox whether or not the save succeeded
+	// (gVisor's state.SaveOpts.Save), so a full disk would cost the container.
+	// An exit checkpoint freezes the sandbox first, so nothing runs between the
+	// save and the kill that follows it (stopAfterExitCheckpoint).
 	opts := runsc.CheckpointOpts{
 		ImagePath:                 dir,
-		LeaveRunning:              !req.Exit,
+		LeaveRunning:              true,
 		Compression:               compressionOrDefault(cfg.Compression),
 		Direct:                    cfg.Direct,
 		ExcludeCommittedZeroPages: cfg.ExcludeCommittedZeroPages,
+	}
+	if req.Exit && !paused {
+		if err := rt.Pause(ctx, c.id); err != nil {
+			return fmt.Errorf("freezing %s for the exit checkpoint failed; the container keeps running: %w", c.id, err)
+		}
 	}
 	var gpuBefore *gpuUsage
 	if c.gpu != nil {
@@ -141,7 +159,6 @@ func (s *Service) checkpoint(ctx context.Context, c *container, req checkpointRe
 	log.G(ctx).WithField("id", c.id).WithField("args", opts.Args(c.id)).Info("checkpointing")
 	t0 := time.Now()
 	if err := rt.Checkpoint(ctx, c.id, opts); err != nil {
-		s.recoverAfterFailedCheckpoint(ctx, c, paused)
 		return fmt.Errorf("checkpoint of %s failed; the container keeps running: %w", c.id, err)
 	}
 	runscDur := time.Since(t0)
@@ -163,23 +180,60 @@ func (s *Service) checkpoint(ctx context.Context, c *container, req checkpointRe
 		RunscVersion:  version,
 		Compression:   opts.Compression,
 		Direct:        opts.Direct,
-		LeaveRunning:  opts.LeaveRunning,
+		LeaveRunning:  !req.Exit,
 		Files:         files,
 		Spec:          summarizeSpec(c.spec),
 	}
 	if c.gpu != nil {
 		meta.GPU = c.gpu.facts(ctx, gpuBefore)
-		if err := c.gpu.verifyAfterCheckpoint(ctx, c, req.Exit, meta.GPU, gpuBefore); err != nil {
-			return err
-		}
 	}
 	meta.Timings = checkpoint.Timings{Runsc: runscDur.Milliseconds(), Total: time.Since(start).Milliseconds()}
 	if err := checkpoint.Write(dir, meta); err != nil {
 		return fmt.Errorf("writing checkpoint metadata: %w", err)
 	}
+	if req.Exit {
+		stopped = true
+		stopAfterExitCheckpoint(ctx, c)
+		if c.gpu != nil {
+			// The container is gone and the image complete: a GPU that is
+			// not yet free is reported, not a reason to discard the image.
+			if err := c.gpu.verifyReleased(ctx, c, meta.GPU, gpuBefore); err != nil {
+				log.G(ctx).WithError(err).Error("GPU memory not released")
+			}
+			if err := checkpoint.Write(dir, meta); err != nil {
+				return fmt.Errorf("writing checkpoint metadata: %w", err)
+			}
+		}
+	}
+	if !req.Exit && c.gpu != nil {
+		c.gpu.watchReacquired(ctx, c, gpuBefore)
+	}
 	log.G(ctx).WithField("id", c.id).WithField("bytes", meta.Size()).WithField("runsc_ms", meta.Timings.Runsc).
 		WithField("total_ms", meta.Timings.Total).WithField("exit", req.Exit).Info("checkpoint written")
 	return nil
+}
+
+// exitCheckpointWait bounds how long an exit checkpoint waits for the
+// container's exit to be recorded before it returns.
+const exitCheckpointWait = 10 * time.Second
+
+// stopAfterExitCheckpoint stops the container an exit checkpoint saved, as
+// runsc's own exit does: the frozen sandbox is killed from the host (the
+// status is 137, as after runc's CRIU dump), so no application code runs
+// after the save and no GPU state is toggled back. It returns once the exit
+// is recorded, so a Delete right after the checkpoint finds a stopped task.
+func stopAfterExitCheckpoint(ctx context.Context, c *container) {
+	ctx = context.WithoutCancel(ctx)
+	if pid := c.init.Pid(); pid > 0 {
+		if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+			log.G(ctx).WithError(err).WithField("id", c.id).Error("stopping the sandbox after the exit checkpoint")
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, exitCheckpointWait)
+	defer cancel()
+	if err := c.init.Wait(wctx); err != nil {
+		log.G(ctx).WithError(err).WithField("id", c.id).Warn("the container's exit after the exit checkpoint was not recorded in time")
+	}
 }
 
 func compressionOrDefault(c string) string {

@@ -189,13 +189,11 @@ func (g *gpuSetup) facts(ctx context.Context, before *gpuUsage) *checkpoint.GPU 
 	return f
 }
 
-// verifyAfterCheckpoint checks the sandbox's GPU state after runsc returned:
-// after an exit checkpoint the sandbox must have released its device
-// memory; after a leave-running checkpoint it must hold it again. A sandbox
-// still holding memory after exit is an error (the image may be fine, but
-// the GPU is not free); a sandbox that did not get its memory back is
-// reported, as the image is complete.
-func (g *gpuSetup) verifyAfterCheckpoint(ctx context.Context, c *container, exit bool, facts *checkpoint.GPU, before *gpuUsage) error {
+// verifyReleased checks, after an exit checkpoint stopped the sandbox, that
+// the sandbox's device memory is free again. Memory still held after
+// gpuSettleTimeout is an error: the image is complete, but the GPU is not
+// free for the next user.
+func (g *gpuSetup) verifyReleased(ctx context.Context, c *container, facts *checkpoint.GPU, before *gpuUsage) error {
 	if before == nil || before.err != nil || !before.usage.HoldsGPU() {
 		return nil
 	}
@@ -203,31 +201,53 @@ func (g *gpuSetup) verifyAfterCheckpoint(ctx context.Context, c *container, exit
 	for {
 		host, err := g.discover.Snapshot(ctx)
 		if err != nil {
-			log.G(ctx).WithError(err).Warn("GPU discovery failed after checkpoint")
+			log.G(ctx).WithError(err).Warn("GPU discovery failed after the exit checkpoint")
 			return nil
 		}
 		now := cuda.SandboxGPUUsage(host, before.usage.PIDs)
-		if exit && !now.HoldsGPU() {
+		if !now.HoldsGPU() {
 			facts.ReleasedAfterExit = true
 			log.G(ctx).WithField("id", c.id).WithField("released_bytes", before.usage.UsedMemoryBytes).Info("GPU memory released by the exit checkpoint")
-			g.report(ctx, c.id, "checkpoint", before.usage, now)
-			return nil
-		}
-		if !exit && now.UsedMemoryBytes >= before.usage.UsedMemoryBytes {
-			log.G(ctx).WithField("id", c.id).WithField("bytes", now.UsedMemoryBytes).Info("GPU memory held again after the leave-running checkpoint")
-			g.report(ctx, c.id, "checkpoint", before.usage, now)
+			g.report(ctx, c.id, "checkpoint-exit", before.usage, now)
 			return nil
 		}
 		if time.Now().After(deadline) {
-			if exit {
-				return fmt.Errorf("exit checkpoint of %s written, but the sandbox still holds %d bytes of GPU memory after %s", c.id, now.UsedMemoryBytes, gpuSettleTimeout)
-			}
-			log.G(ctx).WithField("id", c.id).WithField("before", before.usage.UsedMemoryBytes).WithField("now", now.UsedMemoryBytes).
-				Error("after the leave-running checkpoint the sandbox holds less GPU memory than before")
-			return nil
+			return fmt.Errorf("exit checkpoint of %s written, but the sandbox still holds %d bytes of GPU memory after %s", c.id, now.UsedMemoryBytes, gpuSettleTimeout)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// watchReacquired follows, in the background, a container that a
+// leave-running checkpoint left in place: its CUDA processes are toggled back
+// when the sandbox resumes (containerd resumes it after the checkpoint; the
+// toggle runs then), and the sandbox must then hold its device memory again.
+// The result is logged and published; it does not hold up the checkpoint.
+func (g *gpuSetup) watchReacquired(ctx context.Context, c *container, before *gpuUsage) {
+	if before == nil || before.err != nil || !before.usage.HoldsGPU() {
+		return
+	}
+	ctx = context.WithoutCancel(ctx)
+	go func() {
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			host, err := g.discover.Snapshot(ctx)
+			if err == nil {
+				now := cuda.SandboxGPUUsage(host, before.usage.PIDs)
+				if now.UsedMemoryBytes >= before.usage.UsedMemoryBytes {
+					log.G(ctx).WithField("id", c.id).WithField("bytes", now.UsedMemoryBytes).Info("GPU memory held again after the leave-running checkpoint")
+					g.report(ctx, c.id, "checkpoint-leave-running", before.usage, now)
+					return
+				}
+			}
+			if time.Now().After(deadline) {
+				log.G(ctx).WithField("id", c.id).WithField("before", before.usage.UsedMemoryBytes).
+					Error("after the leave-running checkpoint the sandbox has not re-acquired its GPU memory; is it still paused?")
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
 }
 
 // checkRestore compares a checkpoint's GPU facts with this host.

@@ -54,6 +54,7 @@ type config struct {
 	block          int
 	exitOnMismatch bool
 	selftest       bool
+	hostMemory     bool
 }
 
 // totalBytes is the size of the pattern memory: --gib GiB, rounded down to
@@ -80,6 +81,7 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.block, "block", 256, "threads per block of the fill and verify kernels")
 	fs.BoolVar(&c.exitOnMismatch, "exit-on-mismatch", false, "exit with status 1 at the first tick that finds a mismatch")
 	fs.BoolVar(&c.selftest, "selftest", false, "print the PTX module and check the host-side pattern; needs no GPU")
+	fs.BoolVar(&c.hostMemory, "host-memory", false, "no GPU: keep the pattern and the counter in host memory (dry runs of the GPU scenario)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -122,7 +124,11 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	// A CUDA context is current per OS thread: keep every CUDA call on this
 	// one.
 	runtime.LockOSThread()
-	err = runWorkload(c, stdout, stderr)
+	if c.hostMemory {
+		err = runHost(c, stdout, stderr)
+	} else {
+		err = runWorkload(c, stdout, stderr)
+	}
 	switch {
 	case err == nil:
 		return exitOK
@@ -327,4 +333,42 @@ func allocChunks(a *api, m *cmem, c config) ([]chunk, error) {
 		chunks = append(chunks, chunk{ptr: *p, words: size / 4, seed: chunkSeed(c.seed, len(chunks))})
 	}
 	return chunks, nil
+}
+
+// runHost is runWorkload without a GPU: the same pattern, counter and output
+// from host memory, so the GPU scenario's plumbing can be tried anywhere.
+func runHost(c config, stdout, stderr io.Writer) error {
+	words := c.totalBytes() / 4
+	mem := make([]uint32, words)
+	for i := range mem {
+		mem[i] = pattern(uint64(i), c.seed)
+	}
+	fmt.Fprintf(stderr, "workload: host memory, %s GiB\n", c.gibLabel())
+	fmt.Fprintln(stdout, "ready")
+	var counter uint32
+	var totalBad uint64
+	ticker := time.NewTicker(c.interval)
+	defer ticker.Stop()
+	for tick := 1; ; tick++ {
+		counter++
+		var bad uint32
+		for i, v := range mem {
+			if v != pattern(uint64(i), c.seed) {
+				bad++
+			}
+		}
+		fmt.Fprintf(stdout, "tick=%d counter=%d mismatches=%d gib=%s\n", tick, counter, bad, c.gibLabel())
+		totalBad += uint64(bad)
+		if bad > 0 && c.exitOnMismatch {
+			return fmt.Errorf("%w: %d mismatching words at tick %d", errMismatch, bad, tick)
+		}
+		if c.ticks > 0 && tick >= c.ticks {
+			break
+		}
+		<-ticker.C
+	}
+	if totalBad > 0 {
+		return fmt.Errorf("%w: %d mismatching words over %d ticks", errMismatch, totalBad, c.ticks)
+	}
+	return nil
 }

@@ -1,0 +1,341 @@
+#!/usr/bin/env bash
+# GPU end-to-end scenario for containerd-shim-runsc-cuda-v1.
+#
+# Runs on any Linux host with an NVIDIA GPU (driver r570 or newer), as root,
+# with no network: a private containerd, runsc and the shim run a CUDA
+# workload that holds N GiB of device memory with known content and a
+# device-side counter, and this script drives checkpoint/restore through ctr:
+#
+#   1. exit checkpoint (`ctr task checkpoint --exit`): the GPU memory is
+#      released; restore into a new container (the containerd client, as
+#      `ctr run --checkpoint` would): device memory bit-exact and the counter
+#      continuing;
+#   2. leave-running checkpoint, then three clones restored concurrently from
+#      that one image beside the still-running original (snapshot once, start
+#      many), every one bit-exact;
+#   3. an injected CUDA toggle failure leaves the workload running with its
+#      CUDA state running;
+#   4. a GPU container with no CUDA process checkpoints and restores like any
+#      other.
+# It prints timings per phase and writes $OUT/results.json.
+#
+# Inputs (environment):
+#   BIN   directory with containerd, ctr, runsc, containerd-shim-runsc-cuda-v1,
+#         cuda-checkpoint, workload (test/e2e/gpu/workload), mkimage
+#         (test/e2e/gpu/mkimage), restoretask (test/e2e/gpu/restoretask) and
+#         a static busybox; `make gpu-bundle` builds them on any machine with
+#         Go.
+#   OUT   where results and logs go (default ./gpu-results)
+#   GIBS  device memory sizes to run, in GiB (default "1 8")
+#   CLONE_GIBS  sizes that also run the three-clone phase (default "1")
+#   LIBDIR  the host's NVIDIA driver library directory (default: found)
+#   WORK  scratch directory, not under /tmp (default /var/lib/rcuda-gpu)
+#   DRY=1 no GPU: the workload keeps its pattern in host memory and no
+#         devices are passed (tries the plumbing on any machine)
+set -uo pipefail
+
+BIN=${BIN:?set BIN to the directory with the binaries (see the header)}
+BIN=$(cd "$BIN" && pwd)
+OUT=${OUT:-$PWD/gpu-results}
+GIBS=${GIBS:-"1 8"}
+CLONE_GIBS=${CLONE_GIBS:-"1"}
+WORK=${WORK:-/var/lib/rcuda-gpu}
+DRY=${DRY:-0}
+NS=rcuda-gpu
+IMG=localhost/rcuda-gpu:latest
+INTERVAL=500ms
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+case "$WORK" in /tmp | /tmp/*) echo "WORK must not be under /tmp (runsc's sandbox mounts a tmpfs there)" >&2; exit 2 ;; esac
+
+log() { printf '%s %s\n' "$(date +%H:%M:%S.%3N)" "$*" | tee -a "$OUT/run.log" >&2; }
+now_ms() { date +%s%3N; }
+FAILS=0
+declare -a RESULTS=()
+check() { # check NAME CONDITION-COMMAND...
+	local name=$1
+	shift
+	if "$@"; then
+		log "PASS $name"
+		RESULTS+=("{\"check\":\"$name\",\"pass\":true}")
+	else
+		log "FAIL $name"
+		RESULTS+=("{\"check\":\"$name\",\"pass\":false}")
+		FAILS=$((FAILS + 1))
+	fi
+}
+declare -a TIMINGS=()
+timing() { # timing PHASE GIB MS
+	log "TIME $1 gib=$2 ms=$3"
+	TIMINGS+=("{\"phase\":\"$1\",\"gib\":$2,\"ms\":$3}")
+}
+
+CTR=("$BIN/ctr" --address "$WORK/c.sock" --namespace "$NS")
+ctr() { timeout -s KILL 600 "${CTR[@]}" "$@" 2> >(grep -v DEPRECATION >&2); }
+
+# ---------------------------------------------------------------- setup
+cleanup() {
+	log "cleanup"
+	for t in $(timeout 20 "${CTR[@]}" tasks ls -q 2>/dev/null); do
+		timeout 20 "${CTR[@]}" tasks kill -s KILL "$t" >/dev/null 2>&1
+	done
+	sleep 1
+	for t in $(timeout 20 "${CTR[@]}" tasks ls -q 2>/dev/null); do
+		timeout 20 "${CTR[@]}" tasks rm -f "$t" >/dev/null 2>&1
+	done
+	for c in $(timeout 20 "${CTR[@]}" containers ls -q 2>/dev/null); do
+		timeout 20 "${CTR[@]}" containers rm "$c" >/dev/null 2>&1
+	done
+	[ -n "${CTRD_PID:-}" ] && kill "$CTRD_PID" 2>/dev/null && wait "$CTRD_PID" 2>/dev/null
+	grep -o " $WORK[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
+	cp "$WORK/containerd.log" "$OUT/containerd.log" 2>/dev/null
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+if [ "$DRY" = 1 ]; then
+	LIBDIR=""
+	DEVICES=()
+	WL_EXTRA=(--host-memory)
+else
+	if [ -z "${LIBDIR:-}" ]; then
+		for d in /usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu /usr/lib64; do
+			[ -e "$d/libcuda.so.1" ] && LIBDIR=$d && break
+		done
+	fi
+	[ -e "${LIBDIR:-}/libcuda.so.1" ] || { echo "libcuda.so.1 not found; set LIBDIR" >&2; exit 2; }
+	DEVICES=()
+	for d in /dev/nvidiactl /dev/nvidia-uvm /dev/nvidia-uvm-tools /dev/nvidia0; do
+		[ -e "$d" ] && DEVICES+=(--device "$d")
+	done
+	WL_EXTRA=()
+	nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+	export PATH=$PATH:$LIBDIR/../bin:/usr/local/nvidia/bin
+fi
+
+rm -rf "$WORK"
+mkdir -p "$WORK/root" "$WORK/state" "$WORK/tmp"
+cat >"$WORK/config.toml" <<EOF
+version = 3
+root = "$WORK/root"
+state = "$WORK/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.nri.v1.nri"]
+[grpc]
+  address = "$WORK/c.sock"
+[ttrpc]
+  address = "$WORK/c.sock.ttrpc"
+EOF
+cat >"$WORK/runsc-cuda.toml" <<EOF
+binary_name = "$BIN/runsc"
+root = "$WORK/runsc"
+[cuda]
+toggle_tool = "$BIN/cuda-checkpoint"
+${LIBDIR:+driver_lib_dir = \"$LIBDIR\"}
+EOF
+RUNTIME=(--runtime io.containerd.runsc-cuda.v1 --runtime-config-path "$WORK/runsc-cuda.toml")
+
+log "starting containerd ($("$BIN/containerd" --version | head -1)); runsc $("$BIN/runsc" --version | head -1)"
+PATH=$BIN:$PATH TMPDIR=$WORK/tmp "$BIN/containerd" --config "$WORK/config.toml" >"$WORK/containerd.log" 2>&1 &
+CTRD_PID=$!
+for _ in $(seq 100); do [ -S "$WORK/c.sock" ] && break; sleep 0.1; done
+
+MK=("$BIN/mkimage" --out "$WORK/img.tar" --ref "$IMG" --busybox "$BIN/busybox" --file "/workload=$BIN/workload"
+	--ldd "$BIN/workload" --ldd "$BIN/cuda-checkpoint" --cmd /workload)
+if [ -n "$LIBDIR" ]; then
+	MK+=(--ldd "$LIBDIR/libcuda.so.1" --no-copy "$LIBDIR")
+	[ -e "$LIBDIR/libnvidia-ml.so.1" ] && MK+=(--ldd "$LIBDIR/libnvidia-ml.so.1")
+fi
+"${MK[@]}" >>"$OUT/run.log" || exit 1
+ctr images import "$WORK/img.tar" >/dev/null || exit 1
+
+# ---------------------------------------------------------------- helpers
+# wait_line FILE REGEX TIMEOUT_S: wait until FILE has a line matching REGEX.
+wait_line() {
+	local end=$((SECONDS + $3))
+	while [ $SECONDS -lt $end ]; do
+		grep -qE "$2" "$1" 2>/dev/null && return 0
+		sleep 0.05
+	done
+	log "timeout waiting for /$2/ in $1"
+	return 1
+}
+last_counter() { grep -oE 'counter=[0-9]+' "$1" | tail -1 | cut -d= -f2; }
+first_counter() { grep -oE 'counter=[0-9]+' "$1" | head -1 | cut -d= -f2; }
+ticks_in() { grep -c '^tick=' "$1" 2>/dev/null || echo 0; }
+# all_exact FILE: every tick line has mismatches=0 and counter == tick + offset.
+no_mismatch() { [ -s "$1" ] && ! grep -E '^tick=' "$1" | grep -vq 'mismatches=0'; }
+gpu_used_mib() {
+	[ "$DRY" = 1 ] && { echo 0; return; }
+	nvidia-smi --query-compute-apps=used_memory --format=csv,noheader,nounits | awk '{s+=$1} END {print s+0}'
+}
+task_status() { ctr tasks ls 2>/dev/null | awk -v t="$1" '$1 == t {print $3}'; }
+run_workload() { # run_workload NAME LOG GIB [ctr run options...]
+	local name=$1 logf=$2 gib=$3
+	shift 3
+	ctr run -d "${RUNTIME[@]}" "${DEVICES[@]}" --log-uri "file://$logf" "$@" "$IMG" "$name" \
+		/workload --gib "$gib" --interval "$INTERVAL" "${WL_EXTRA[@]}"
+}
+# restore NAME LOG REF: a new container restored from checkpoint image REF
+# (ctr has no `run --checkpoint` on Linux; restoretask does that with the
+# containerd client, see test/e2e/gpu/restoretask).
+restore() {
+	"$BIN/restoretask" --address "$WORK/c.sock" --namespace "$NS" "${RUNTIME[@]}" --log "$2" "$3" "$1" >>"$OUT/run.log"
+}
+# containerd unpacks each checkpoint it restores into a temporary directory
+# that it never removes; reclaim the disk between phases.
+reclaim() { rm -rf "$WORK"/tmp/ctrd-checkpoint*; }
+remove() { # remove NAME...
+	for n in "$@"; do
+		ctr tasks kill -s KILL "$n" >/dev/null 2>&1
+		for _ in $(seq 50); do [ "$(task_status "$n")" = STOPPED ] && break; sleep 0.1; done
+		ctr tasks rm "$n" >/dev/null 2>&1
+		ctr containers rm "$n" >/dev/null 2>&1
+	done
+}
+# metadata REF: the shim's runsc-cuda.json from inside a checkpoint image.
+metadata() {
+	local idx blob
+	idx=$(ctr images ls 2>/dev/null | awk -v r="$1" '$1 == r {print $3}')
+	blob=$(ctr content get "$idx" | python3 -c 'import json,sys; print([m["digest"] for m in json.load(sys.stdin)["manifests"] if m["mediaType"].endswith("criu.checkpoint.criu.tar")][0])')
+	ctr content get "$blob" | tar -xO runsc-cuda.json
+}
+image_bytes() { ctr images ls 2>/dev/null | awk -v r="$1" '$1 == r {print $4, $5}'; }
+
+# ---------------------------------------------------------------- scenario
+for GIB in $GIBS; do
+	log "=== $GIB GiB"
+	L1=$OUT/w$GIB.log
+	t=$(now_ms)
+	run_workload "w$GIB" "$L1" "$GIB" || { check "w$GIB-run" false; continue; }
+	wait_line "$L1" '^ready' 300 && wait_line "$L1" '^tick=3 ' 60
+	timing start-to-ready "$GIB" $(($(now_ms) - t))
+	used=$(gpu_used_mib)
+	log "GPU memory in use: $used MiB"
+	[ "$DRY" = 1 ] || check "w$GIB-holds-gpu-memory" test "$used" -gt $((GIB * 1000))
+
+	# 1. exit checkpoint, GPU memory released, restore.
+	t=$(now_ms)
+	REF=$(ctr tasks checkpoint --exit "w$GIB" | tail -1)
+	timing checkpoint-exit "$GIB" $(($(now_ms) - t))
+	check "w$GIB-checkpoint-exit" test -n "$REF"
+	log "checkpoint image $REF: $(image_bytes "$REF")"
+	metadata "$REF" >"$OUT/w$GIB-metadata.json" && log "metadata: $(tr -d ' \n' <"$OUT/w$GIB-metadata.json" | cut -c1-600)"
+	before=$(last_counter "$L1")
+	for _ in $(seq 100); do [ "$(gpu_used_mib)" -eq 0 ] && break; sleep 0.1; done
+	check "w$GIB-gpu-released-after-exit" test "$(gpu_used_mib)" -eq 0
+	remove "w$GIB"
+
+	L2=$OUT/w$GIB-restored.log
+	t=$(now_ms)
+	restore "w$GIB-r" "$L2" "$REF"
+	timing restore-return "$GIB" $(($(now_ms) - t))
+	wait_line "$L2" '^tick=' 120
+	timing restore-to-first-tick "$GIB" $(($(now_ms) - t))
+	wait_line "$L2" "counter=$((before + 3)) " 60
+	first=$(first_counter "$L2")
+	log "counter before checkpoint: $before, first after restore: $first"
+	check "w$GIB-counter-continues" test "$first" -eq $((before + 1))
+	check "w$GIB-device-memory-bit-exact" no_mismatch "$L2"
+	[ "$DRY" = 1 ] || check "w$GIB-gpu-reacquired" test "$(gpu_used_mib)" -gt $((GIB * 1000))
+	ctr images rm "$REF" >/dev/null
+	reclaim
+
+	# 2. leave-running checkpoint, then three concurrent clones.
+	pre=$(last_counter "$L2")
+	t=$(now_ms)
+	REF2=$(ctr tasks checkpoint "w$GIB-r" | tail -1)
+	timing checkpoint-leave-running "$GIB" $(($(now_ms) - t))
+	check "w$GIB-checkpoint-leave-running" test -n "$REF2"
+	at=$(last_counter "$L2")
+	log "original's counter right after the checkpoint: $at"
+	wait_line "$L2" "counter=$((at + 2)) " 60
+	check "w$GIB-original-keeps-running" test "$(task_status "w$GIB-r")" = RUNNING
+	if [[ " $CLONE_GIBS " == *" $GIB "* ]]; then
+		t=$(now_ms)
+		pids=()
+		for i in 1 2 3; do
+			(
+				s=$(now_ms)
+				restore "w$GIB-c$i" "$OUT/w$GIB-clone$i.log" "$REF2"
+				echo $(($(now_ms) - s)) >"$WORK/clone$i.ms"
+			) &
+			pids+=($!)
+		done
+		wait "${pids[@]}"
+		timing clones-3-restore-return "$GIB" $(($(now_ms) - t))
+		for i in 1 2 3; do
+			timing "clone$i-restore-return" "$GIB" "$(cat "$WORK/clone$i.ms")"
+			Lc=$OUT/w$GIB-clone$i.log
+			wait_line "$Lc" '^tick=' 120
+			c1=$(first_counter "$Lc")
+			wait_line "$Lc" "counter=$((c1 + 2)) " 60
+			log "clone $i: first counter $c1 (original at $pre before and $at right after the checkpoint)"
+			check "w$GIB-clone$i-continues-from-snapshot" test "$c1" -gt "$pre" -a "$c1" -le $((at + 1))
+			check "w$GIB-clone$i-bit-exact" no_mismatch "$Lc"
+		done
+		n=$(last_counter "$L2")
+		wait_line "$L2" "counter=$((n + 2)) " 60
+		check "w$GIB-original-bit-exact-beside-clones" no_mismatch "$L2"
+		[ "$DRY" = 1 ] || log "GPU memory in use with original and 3 clones: $(gpu_used_mib) MiB"
+		remove "w$GIB-c1" "w$GIB-c2" "w$GIB-c3"
+	fi
+	remove "w$GIB-r"
+	ctr images rm "$REF2" >/dev/null
+	reclaim
+	log "disk: $(df -h "$WORK" | tail -1)"
+done
+
+# 3. An injected toggle failure leaves the workload running, CUDA running.
+log "=== injected toggle failure"
+LF=$OUT/fail.log
+run_workload wfail "$LF" 1 --env CUDA_CHECKPOINT_INJECT_FAILURE=checkpoint
+wait_line "$LF" '^tick=2 ' 300
+if [ "$DRY" = 1 ]; then
+	log "DRY: no CUDA process, the toggle is not invoked"
+else
+	out=$(ctr tasks checkpoint wfail 2>&1)
+	rc=$?
+	log "checkpoint with injected failure: rc=$rc: $(echo "$out" | tail -2)"
+	check "fail-checkpoint-refused" test "$rc" -ne 0
+	check "fail-task-still-running" test "$(task_status wfail)" = RUNNING
+	n=$(last_counter "$LF")
+	wait_line "$LF" "counter=$((n + 3)) " 60
+	check "fail-workload-progresses" test "$(last_counter "$LF")" -ge $((n + 3))
+	check "fail-device-memory-bit-exact" no_mismatch "$LF"
+	state=$(ctr tasks exec --exec-id st wfail /.runsc-cuda/cuda-checkpoint --get-state --pid 1 2>&1)
+	log "CUDA state of the workload: $state"
+	check "fail-cuda-state-running" test "$state" = running
+fi
+remove wfail
+
+# 4. A GPU container with no CUDA process yet.
+log "=== GPU container without a CUDA process"
+LN=$OUT/nocuda.log
+ctr run -d "${RUNTIME[@]}" "${DEVICES[@]}" --log-uri "file://$LN" "$IMG" nocuda \
+	sh -c 'i=0; while true; do i=$((i+1)); echo n=$i; sleep 0.2; done'
+wait_line "$LN" '^n=3$' 60
+t=$(now_ms)
+REF3=$(ctr tasks checkpoint --exit nocuda | tail -1)
+timing nocuda-checkpoint-exit 0 $(($(now_ms) - t))
+check nocuda-checkpoint test -n "$REF3"
+last=$(grep -oE '^n=[0-9]+' "$LN" | tail -1 | cut -d= -f2)
+remove nocuda
+LN2=$OUT/nocuda-restored.log
+restore nocuda-r "$LN2" "$REF3"
+wait_line "$LN2" '^n=' 60
+first=$(grep -oE '^n=[0-9]+' "$LN2" | head -1 | cut -d= -f2)
+check nocuda-continues test "$first" -eq $((last + 1))
+remove nocuda-r
+
+# ---------------------------------------------------------------- results
+grep -hE 'checkpoint written|restored' "$WORK/containerd.log" | sed 's/^.*msg=/msg=/' >"$OUT/shim-timings.txt"
+{
+	printf '{"date":"%s","host":"%s","dry":%s,' "$(date -u +%FT%TZ)" "$(hostname)" "$([ "$DRY" = 1 ] && echo true || echo false)"
+	printf '"gpu":"%s",' "$(cat "$OUT/gpu.txt" 2>/dev/null | tr -d '\n')"
+	printf '"runsc":"%s",' "$("$BIN/runsc" --version | head -1)"
+	printf '"timings":[%s],' "$(IFS=,; echo "${TIMINGS[*]}")"
+	printf '"checks":[%s],"failures":%d}\n' "$(IFS=,; echo "${RESULTS[*]}")" "$FAILS"
+} >"$OUT/results.json"
+log "done: $FAILS failed check(s); results in $OUT/results.json"
+[ "$FAILS" -eq 0 ]
