@@ -47,7 +47,7 @@ e2e: tools
 	$(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v ./test/e2e/... 2>&1 | tee e2e.log | hack/test-summary.sh
 
 e2e-compat: tools
-	RCUDA_E2E_CONTAINERD=$(CONTAINERD_COMPAT) $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -run 'Compat' -v ./test/e2e/ 2>&1 | tee e2e-compat.log | hack/test-summary.sh
+	RCUDA_E2E_CONTAINERD=$(CONTAINERD_COMPAT) $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -run 'Compat' -v ./test/e2e/... 2>&1 | tee e2e-compat.log | hack/test-summary.sh
 
 test: lint unit e2e e2e-compat
 

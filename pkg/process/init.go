@@ -83,9 +83,9 @@ type Init struct {
 func NewInit(cfg InitConfig) *Init {
 	p := &Init{cfg: cfg, exit: newExitState(), sandboxExit: make(chan int, 1)}
 	if cfg.Restore != nil {
-		p.state = &createdCheckpointState{createdState{p: p}}
+		p.state = &createdCheckpointState{createdState{baseState: baseState{StatusCreated}, p: p}}
 	} else {
-		p.state = &createdState{p: p}
+		p.state = &createdState{baseState: baseState{StatusCreated}, p: p}
 	}
 	return p
 }
@@ -292,7 +292,12 @@ func (p *Init) delete(ctx context.Context) error {
 		err = nil
 	}
 	// The sandbox is gone; its ends of the pipes are closed, so the copies
-	// finish. Bound the wait in case a logging binary hangs.
+	// finish. A console's copy ends only once the console is shut down (it
+	// waits out EIO for a new reader); the rest of its output is drained
+	// first. Bound the wait in case a logging binary hangs.
+	if p.console != nil {
+		p.cfg.Platform.ShutdownConsole(ctx, p.console)
+	}
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
 	select {
@@ -301,9 +306,6 @@ func (p *Init) delete(ctx context.Context) error {
 		log.G(ctx).WithField("id", p.cfg.ID).Warn("output copies did not finish; closing IO")
 	}
 	p.closeIO()
-	if p.console != nil {
-		p.cfg.Platform.ShutdownConsole(ctx, p.console)
-	}
 	if p.cfg.Rootfs != "" {
 		if uerr := mount.UnmountRecursive(p.cfg.Rootfs, 0); uerr != nil {
 			log.G(ctx).WithError(uerr).Warn("unmounting rootfs")

@@ -54,7 +54,7 @@ func (s *createdState) Start(ctx context.Context) error {
 	if err := s.p.start(ctx); err != nil {
 		return err
 	}
-	s.p.state = &runningState{p: s.p}
+	s.p.state = &runningState{baseState: baseState{StatusRunning}, p: s.p}
 	return nil
 }
 
@@ -70,7 +70,7 @@ func (s *createdState) Delete(ctx context.Context) error {
 // receive the signal, and containerd expects it to stop.
 func (s *createdState) Kill(ctx context.Context, sig uint32, _ bool) error {
 	s.p.destroy(ctx)
-	s.p.state = &stoppedState{p: s.p}
+	s.p.state = &stoppedState{baseState: baseState{StatusStopped}, p: s.p}
 	go s.p.cfg.OnExit(s.p, 128+int(sig))
 	return nil
 }
@@ -81,7 +81,7 @@ func (s *createdState) Update(ctx context.Context, r *specs.LinuxResources) erro
 
 func (s *createdState) SetExited(status int) {
 	s.p.setExited(status)
-	s.p.state = &stoppedState{p: s.p}
+	s.p.state = &stoppedState{baseState: baseState{StatusStopped}, p: s.p}
 }
 
 // createdCheckpointState: created, and Start will restore a checkpoint.
@@ -95,7 +95,7 @@ func (s *createdCheckpointState) Start(ctx context.Context) error {
 	if err := s.p.restore(ctx); err != nil {
 		return fmt.Errorf("restoring %s from %s: %w", s.p.cfg.ID, s.p.cfg.Restore.ImagePath, err)
 	}
-	s.p.state = &runningState{p: s.p}
+	s.p.state = &runningState{baseState: baseState{StatusRunning}, p: s.p}
 	return nil
 }
 
@@ -115,7 +115,7 @@ func (s *runningState) Pause(ctx context.Context) error {
 	if err := s.p.cfg.Runtime.Pause(ctx, s.p.cfg.ID); err != nil {
 		return mapSignalError(err)
 	}
-	s.p.state = &pausedState{p: s.p}
+	s.p.state = &pausedState{baseState: baseState{StatusPaused}, p: s.p}
 	return nil
 }
 
@@ -133,7 +133,7 @@ func (s *runningState) Exec(ctx context.Context, dir string, cfg ExecConfig) (*E
 
 func (s *runningState) SetExited(status int) {
 	s.p.setExited(status)
-	s.p.state = &stoppedState{p: s.p}
+	s.p.state = &stoppedState{baseState: baseState{StatusStopped}, p: s.p}
 }
 
 // pausedState: the container is frozen.
@@ -148,24 +148,26 @@ func (s *pausedState) Resume(ctx context.Context) error {
 	if err := s.p.cfg.Runtime.Resume(ctx, s.p.cfg.ID); err != nil {
 		return err
 	}
-	s.p.state = &runningState{p: s.p}
+	s.p.state = &runningState{baseState: baseState{StatusRunning}, p: s.p}
 	return nil
 }
 
 // Pause of a paused container is a no-op.
 func (s *pausedState) Pause(context.Context) error { return nil }
 
+// Kill of a paused container: runsc refuses to signal a paused container
+// ("cannot signal container ... in state paused"), so SIGKILL thaws it first
+// (as `runc kill` does for a frozen container); other signals get runsc's
+// refusal and wait for Resume.
 func (s *pausedState) Kill(ctx context.Context, sig uint32, all bool) error {
-	if err := s.p.kill(ctx, sig, all); err != nil {
-		return err
+	if sig != uint32(unix.SIGKILL) {
+		return s.p.kill(ctx, sig, all)
 	}
-	// A frozen sandbox cannot act on a fatal signal; thaw it so it can.
-	if sig == uint32(unix.SIGKILL) {
-		if err := s.p.cfg.Runtime.Resume(ctx, s.p.cfg.ID); err == nil {
-			s.p.state = &runningState{p: s.p}
-		}
+	if err := s.p.cfg.Runtime.Resume(ctx, s.p.cfg.ID); err != nil {
+		return fmt.Errorf("resuming the paused container to kill it: %w", err)
 	}
-	return nil
+	s.p.state = &runningState{baseState: baseState{StatusRunning}, p: s.p}
+	return s.p.kill(ctx, sig, all)
 }
 
 func (s *pausedState) Update(ctx context.Context, r *specs.LinuxResources) error {
@@ -174,7 +176,7 @@ func (s *pausedState) Update(ctx context.Context, r *specs.LinuxResources) error
 
 func (s *pausedState) SetExited(status int) {
 	s.p.setExited(status)
-	s.p.state = &stoppedState{p: s.p}
+	s.p.state = &stoppedState{baseState: baseState{StatusStopped}, p: s.p}
 }
 
 // stoppedState: the container exited; only Delete remains.

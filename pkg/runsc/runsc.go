@@ -13,12 +13,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -79,11 +81,22 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	msg := strings.TrimSpace(e.Msg)
+	msg := conciseMsg(strings.TrimSpace(e.Msg))
 	if msg == "" {
 		msg = "no error message"
 	}
 	return fmt.Sprintf("runsc %s exited with status %d: %s", strings.Join(e.Args, " "), e.Status, msg)
+}
+
+// conciseMsg drops the Go stack trace runsc appends to some errors (a
+// restore of a damaged image fails in the state decoder with one); the
+// trace stays in runsc's debug log.
+func conciseMsg(msg string) string {
+	i := strings.Index(msg, "\ngoroutine ")
+	if i < 0 {
+		return msg
+	}
+	return strings.TrimRight(strings.TrimSpace(msg[:i]), ":") + " (stack trace in runsc's debug log)"
 }
 
 // IsNotExist reports whether err says the container does not exist in runsc.
@@ -140,8 +153,9 @@ func (r *Runsc) output(cmd *exec.Cmd, verb []string) ([]byte, error) {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr
+	from := r.logSize()
 	if err := r.run(cmd); err != nil {
-		return stdout.Bytes(), r.fail(err, verb, stderr.String())
+		return stdout.Bytes(), r.fail(err, verb, stderr.String(), from)
 	}
 	return stdout.Bytes(), nil
 }
@@ -164,20 +178,38 @@ func (r *Runsc) run(cmd *exec.Cmd) error {
 }
 
 // fail turns a failed run into an *Error naming the verb and runsc's message.
-func (r *Runsc) fail(err error, verb []string, stderr string) error {
+func (r *Runsc) fail(err error, verb []string, stderr string, logFrom int64) error {
 	var re *Error
 	if !errors.As(err, &re) {
 		return fmt.Errorf("running runsc %s: %w", strings.Join(verb, " "), err)
 	}
 	msg := strings.TrimSpace(stderr)
 	if msg == "" {
-		msg = r.lastLogError()
+		msg = r.logErrors(logFrom)
 	}
 	return &Error{Args: verb, Status: re.Status, Msg: msg}
 }
 
-// lastLogError returns the last error runsc wrote to its JSON log.
-func (r *Runsc) lastLogError() string {
+// logSize returns the size of runsc's log: where the messages of the next
+// command begin.
+func (r *Runsc) logSize() int64 {
+	if r.Log == "" {
+		return 0
+	}
+	fi, err := os.Stat(r.Log)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// logErrors returns the error messages written to runsc's JSON log from
+// offset from on, distinct and in order, joined by "; ". The sandbox and the
+// gofer log there too, and their message often names the cause (a mount
+// source that does not exist) where runsc's own last one does not ("waiting
+// for sandbox to start: EOF"). runsc writes the JSON objects back to back,
+// without newlines between them.
+func (r *Runsc) logErrors(from int64) string {
 	if r.Log == "" {
 		return ""
 	}
@@ -186,19 +218,41 @@ func (r *Runsc) lastLogError() string {
 		return ""
 	}
 	defer f.Close()
-	var last string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
-	for sc.Scan() {
+	if _, err := f.Seek(from, io.SeekStart); err != nil {
+		return ""
+	}
+	var msgs []string
+	dec := json.NewDecoder(bufio.NewReader(f))
+	for {
 		var e struct {
 			Msg   string `json:"msg"`
 			Level string `json:"level"`
 		}
-		if json.Unmarshal(sc.Bytes(), &e) == nil && e.Level == "error" {
-			last = e.Msg
+		if err := dec.Decode(&e); err != nil {
+			break
+		}
+		if m := strings.TrimSpace(e.Msg); e.Level == "error" && m != "" && !slices.Contains(msgs, m) {
+			msgs = append(msgs, m)
 		}
 	}
-	return last
+	return strings.Join(msgs, "; ")
+}
+
+// flagError returns what runsc says about its global flags, or "" when it
+// accepts them. runsc checks them before it opens its log, so a typo in a flag
+// name is only ever reported on stderr, which belongs to the container for
+// IO-attached commands.
+func (r *Runsc) flagError() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := r.command(ctx, "--version")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := r.run(cmd); err == nil {
+		return ""
+	}
+	first, _, _ := strings.Cut(strings.TrimSpace(stderr.String()), "\n")
+	return first
 }
 
 // withIO runs an IO-attached command: its stdio belongs to the container, so
@@ -212,6 +266,7 @@ func (r *Runsc) withIO(cmd *exec.Cmd, cio runc.IO, verb []string) error {
 		return err
 	}
 	m := r.monitor()
+	from := r.logSize()
 	ec, err := m.Start(cmd)
 	if err != nil {
 		return fmt.Errorf("starting runsc %s: %w", strings.Join(verb, " "), err)
@@ -226,7 +281,11 @@ func (r *Runsc) withIO(cmd *exec.Cmd, cio runc.IO, verb []string) error {
 		return fmt.Errorf("waiting for runsc %s: %w", strings.Join(verb, " "), err)
 	}
 	if status != 0 {
-		return &Error{Args: verb, Status: status, Msg: r.lastLogError()}
+		msg := r.logErrors(from)
+		if msg == "" {
+			msg = r.flagError()
+		}
+		return &Error{Args: verb, Status: status, Msg: msg}
 	}
 	return nil
 }

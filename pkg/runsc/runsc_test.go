@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	runc "github.com/containerd/go-runc"
 )
 
 // fakeRunsc writes a shell script standing in for runsc: it records its
@@ -67,6 +69,14 @@ func TestErrorsCarryRunscMessage(t *testing.T) {
 	}
 }
 
+func TestErrorDropsStackTrace(t *testing.T) {
+	err := &Error{Args: []string{"restore"}, Status: 128, Msg: "restoring container \"c1\": failed to load kernel: error decoding from 0xc4: unreachable:\ngoroutine 33 [running]:\ngvisor.dev/gvisor/pkg/state.safely.func1()\n\tstate.go:309 +0x19e"}
+	want := `runsc restore exited with status 128: restoring container "c1": failed to load kernel: error decoding from 0xc4: unreachable (stack trace in runsc's debug log)`
+	if got := err.Error(); got != want {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+}
+
 func TestIOCommandErrorComesFromLog(t *testing.T) {
 	r, _ := fakeRunsc(t, `echo '{"msg":"creating container: bad spec","level":"error"}' > "$(echo "$@" | sed 's/.*--log=\([^ ]*\).*/\1/')"; exit 128`)
 	err := r.Create(context.Background(), "c1", "/bundle", CreateOpts{PidFile: "/p"})
@@ -92,5 +102,43 @@ func TestVersion(t *testing.T) {
 	v, err := r.Version(context.Background())
 	if err != nil || v != "release-20260905.0" {
 		t.Fatalf("version = %q, %v", v, err)
+	}
+}
+
+// runsc writes its JSON log objects back to back, without newlines; the
+// sandbox's and gofer's errors (the cause) come before runsc's own, and
+// errors of earlier commands are not this command's.
+func TestIOCommandErrorsComeFromThisCommandsLog(t *testing.T) {
+	r, _ := fakeRunsc(t, `log=$(echo "$@" | sed 's/.*--log=\([^ ]*\).*/\1/')
+printf '%s' '{"msg":"error setting up FS: open /src: no such file or directory","level":"error"}{"msg":"noise","level":"debug"}{"msg":"creating container: waiting for sandbox to start: EOF","level":"error"}' >> "$log"
+exit 128`)
+	if err := os.WriteFile(r.Log, []byte(`{"msg":"an earlier failure","level":"error"}`+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	nullIO, err := runc.NewNullIO()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nullIO.Close()
+	err = r.Create(context.Background(), "c1", "/bundle", CreateOpts{PidFile: "/p", IO: nullIO})
+	want := "runsc create exited with status 128: error setting up FS: open /src: no such file or directory; creating container: waiting for sandbox to start: EOF"
+	if err == nil || err.Error() != want {
+		t.Fatalf("err = %v\nwant %s", err, want)
+	}
+}
+
+// A misspelled flag is reported on stderr only, before runsc opens its log.
+func TestIOCommandFlagError(t *testing.T) {
+	r, _ := fakeRunsc(t, `case "$*" in *--version*) echo 'flag provided but not defined: -bogus' >&2; echo 'Usage: runsc <flags>' >&2;; esac
+exit 2`)
+	nullIO, err := runc.NewNullIO()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nullIO.Close()
+	err = r.Create(context.Background(), "c1", "/bundle", CreateOpts{PidFile: "/p", IO: nullIO})
+	want := "runsc create exited with status 2: flag provided but not defined: -bogus"
+	if err == nil || err.Error() != want {
+		t.Fatalf("err = %v\nwant %s", err, want)
 	}
 }

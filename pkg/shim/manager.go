@@ -25,6 +25,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/sys/reaper"
 	"github.com/containerd/containerd/v2/plugins"
 	"github.com/containerd/errdefs"
+	runc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
 	"github.com/containerd/plugin"
 	"github.com/containerd/plugin/registry"
@@ -32,6 +33,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/process"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/runsc"
 )
 
@@ -225,6 +227,11 @@ func (m *Manager) Stop(ctx context.Context, id string) (cdshim.StopStatus, error
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
 			log.G(ctx).WithError(err).Warn("reading the recorded exit status")
+		}
+		// The container did not exit through the shim (it died): report the
+		// sandbox's pid with SIGKILL, as containerd's runc shim does.
+		if p, perr := runc.ReadPidFile(filepath.Join(bundle, process.InitPidFile)); perr == nil {
+			pid = p
 		}
 		return cdshim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(unix.SIGKILL), Pid: pid}, nil
 	}

@@ -97,7 +97,19 @@ func NewService(ctx context.Context, publisher cdshim.Publisher, sd shutdown.Ser
 		containers: make(map[string]*container),
 	}
 	go s.exits.Run(reaper.Default.Subscribe())
-	go s.forward(ctx)
+	// The shim library exits as soon as the shutdown callbacks return, so
+	// one of them delivers the events still queued (containerd calls
+	// Shutdown right after the Delete that queued TaskDelete).
+	flush, flushed := make(chan struct{}), make(chan struct{})
+	go s.forward(ctx, flush, flushed)
+	sd.RegisterCallback(func(cctx context.Context) error {
+		close(flush)
+		select {
+		case <-flushed:
+		case <-cctx.Done():
+		}
+		return nil
+	})
 	sd.RegisterCallback(func(context.Context) error { return platform.Close() })
 	if address, err := cdshim.ReadAddress("address"); err == nil {
 		sd.RegisterCallback(func(context.Context) error { return cdshim.RemoveSocket(address) })
@@ -128,8 +140,9 @@ func (s *Service) send(evt any) {
 	}
 }
 
-func (s *Service) forward(ctx context.Context) {
+func (s *Service) forward(ctx context.Context, flush <-chan struct{}, flushed chan<- struct{}) {
 	ctx = context.WithoutCancel(ctx)
+	defer close(flushed)
 	defer s.publisher.Close()
 	publish := func(e any) {
 		if err := s.publisher.Publish(ctx, runtime.GetTopic(e), e); err != nil {
@@ -140,7 +153,7 @@ func (s *Service) forward(ctx context.Context) {
 		select {
 		case e := <-s.events:
 			publish(e)
-		case <-s.shutdown.Done():
+		case <-flush:
 			for {
 				select {
 				case e := <-s.events:
@@ -194,6 +207,9 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}
 	spec, err := readSpec(r.Bundle)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkTerminal(r.Terminal, spec.Process); err != nil {
 		return nil, err
 	}
 	c := &container{

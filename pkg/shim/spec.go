@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"slices"
 
+	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/checkpoint"
@@ -38,4 +39,16 @@ func compareSpec(saved, now checkpoint.SpecSummary) error {
 		return fmt.Errorf("the checkpointed container had mounts %q but this container's spec has %q; runsc needs the same mount points", saved.Mounts, now.Mounts)
 	}
 	return nil
+}
+
+// checkTerminal refuses a terminal IO request that disagrees with the spec's
+// process.terminal. runc refuses the same; runsc does not, and with a console
+// socket but no terminal in the spec its sandbox keeps `runsc create`'s
+// output pipes open, so create would never return.
+func checkTerminal(ioTerminal bool, p *specs.Process) error {
+	specTerminal := p != nil && p.Terminal
+	if ioTerminal == specTerminal {
+		return nil
+	}
+	return fmt.Errorf("%w: the task's IO has terminal=%t but the OCI spec's process.terminal is %t; set both (ctr -t, or cio.WithTerminal with oci.WithTTY)", errdefs.ErrInvalidArgument, ioTerminal, specTerminal)
 }
