@@ -62,7 +62,7 @@ gpu-bundle: tools build
 	cp $(BIN)/containerd-shim-runsc-cuda-v1 $(BIN)/cuda-checkpoint $(GPU_BUNDLE)/
 	$(GOBUILD) -o $(GPU_BUNDLE)/workload ./test/e2e/gpu/workload
 	$(GOBUILD) -o $(GPU_BUNDLE)/mkimage ./test/e2e/gpu/mkimage
-	$(GOBUILD) -o $(GPU_BUNDLE)/restoretask ./test/e2e/gpu/restoretask
+	$(GOBUILD) -o $(GPU_BUNDLE)/ckptctl ./test/e2e/cmd/ckptctl
 	tar -C $(dir $(GPU_BUNDLE)) -cf - $(notdir $(GPU_BUNDLE)) | xz -T0 -6 > $(GPU_BUNDLE).tar.xz
 	@ls -la $(GPU_BUNDLE).tar.xz
 

@@ -187,7 +187,8 @@ func defaultConfig() (*Config, error) {
 //     else defaults;
 //   - runtimeoptions.v1.Options with ConfigPath or ConfigBody (TOML): what
 //     the CRI sends for non-runc runtimes, and `ctr --runtime-config-path`;
-//   - runc's options.Options: BinaryName and Root are used (runsc is a
+//   - runc's options.Options: the default config file, with BinaryName, Root
+//     and the IO owner taken from the options when set (runsc is a
 //     runc-compatible binary); runc-only settings are refused.
 func ParseOptions(opts *anypb.Any) (*Config, error) {
 	if opts == nil || opts.GetValue() == nil && opts.GetTypeUrl() == "" {
@@ -214,7 +215,22 @@ func ParseOptions(opts *anypb.Any) (*Config, error) {
 		if o.SystemdCgroup {
 			return nil, fmt.Errorf("%w: runc option SystemdCgroup is not supported by runsc-cuda; set runsc_config systemd-cgroup = \"true\" in the shim config instead", errdefs.ErrInvalidArgument)
 		}
-		c := &Config{BinaryName: o.BinaryName, Root: o.Root, IoUID: int(o.IoUid), IoGID: int(o.IoGid)}
+		// containerd sends runc options as task options (CriuImagePath for
+		// a restore from a path), and then does not forward the runtime's
+		// own options: start from the default config file.
+		c, err := defaultConfig()
+		if err != nil {
+			return nil, err
+		}
+		if o.BinaryName != "" {
+			c.BinaryName = o.BinaryName
+		}
+		if o.Root != "" {
+			c.Root = o.Root
+		}
+		if o.IoUid != 0 || o.IoGid != 0 {
+			c.IoUID, c.IoGID = int(o.IoUid), int(o.IoGid)
+		}
 		if err := c.Validate(); err != nil {
 			return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
 		}

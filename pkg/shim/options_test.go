@@ -116,6 +116,11 @@ func TestDefaultConfigFile(t *testing.T) {
 	if err != nil || c.BinaryName != "/from/env/runsc" {
 		t.Fatalf("empty runtimeoptions: got %+v, %v", c, err)
 	}
+	// runc task options (a restore from CriuImagePath) start from the file.
+	c, err = ParseOptions(mustAny(t, &runcoptions.Options{CriuImagePath: "/ckpt", Root: "/run/other"}))
+	if err != nil || c.BinaryName != "/from/env/runsc" || c.Root != "/run/other" {
+		t.Fatalf("runc task options: got %+v, %v", c, err)
+	}
 	t.Setenv(ConfigEnv, filepath.Join(dir, "missing.toml"))
 	if _, err := ParseOptions(nil); err == nil {
 		t.Fatal("a named config file that does not exist must be an error")

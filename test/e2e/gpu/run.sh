@@ -22,7 +22,7 @@
 # Inputs (environment):
 #   BIN   directory with containerd, ctr, runsc, containerd-shim-runsc-cuda-v1,
 #         cuda-checkpoint, workload (test/e2e/gpu/workload), mkimage
-#         (test/e2e/gpu/mkimage), restoretask (test/e2e/gpu/restoretask) and
+#         (test/e2e/gpu/mkimage), ckptctl (test/e2e/cmd/ckptctl) and
 #         a static busybox; `make gpu-bundle` builds them on any machine with
 #         Go.
 #   OUT   where results and logs go (default ./gpu-results)
@@ -177,10 +177,10 @@ run_workload() { # run_workload NAME LOG GIB [ctr run options...]
 		/workload --gib "$gib" --interval "$INTERVAL" "${WL_EXTRA[@]}"
 }
 # restore NAME LOG REF: a new container restored from checkpoint image REF
-# (ctr has no `run --checkpoint` on Linux; restoretask does that with the
-# containerd client, see test/e2e/gpu/restoretask).
+# (ctr has no `run --checkpoint` on Linux; ckptctl does that with the
+# containerd client, see test/e2e/cmd/ckptctl).
 restore() {
-	"$BIN/restoretask" --address "$WORK/c.sock" --namespace "$NS" "${RUNTIME[@]}" --log "$2" "$3" "$1" >>"$OUT/run.log"
+	"$BIN/ckptctl" --address "$WORK/c.sock" --namespace "$NS" "${RUNTIME[@]}" restore --log "$2" "$3" "$1" >>"$OUT/run.log"
 }
 # containerd unpacks each checkpoint it restores into a temporary directory
 # that it never removes; reclaim the disk between phases.

@@ -110,9 +110,13 @@ type api struct {
 	cuMemAlloc               func(dptr *uint64, size uint64) int32
 	cuMemsetD32              func(dptr uint64, value uint32, n uint64) int32
 	cuMemcpyDtoH             func(dst unsafe.Pointer, src uint64, size uint64) int32
-	cuLaunchKernel           func(f uintptr, gx, gy, gz, bx, by, bz, sharedBytes uint32, stream uintptr, params *uintptr, extra *uintptr) int32
-	cuGetErrorName           func(code int32, s **byte) int32
-	cuGetErrorString         func(code int32, s **byte) int32
+	// For the bandwidth mode: pinned host memory is C memory, held as uintptr.
+	cuMemcpyHtoD     func(dst uint64, src uintptr, size uint64) int32
+	cuMemcpyDtoHRaw  func(dst uintptr, src uint64, size uint64) int32
+	cuMemHostAlloc   func(p *uintptr, size uint64, flags uint32) int32
+	cuLaunchKernel   func(f uintptr, gx, gy, gz, bx, by, bz, sharedBytes uint32, stream uintptr, params *uintptr, extra *uintptr) int32
+	cuGetErrorName   func(code int32, s **byte) int32
+	cuGetErrorString func(code int32, s **byte) int32
 }
 
 // loadAPI dlopens libcuda.so.1 and binds the functions.
@@ -141,6 +145,9 @@ func loadAPI() (*api, error) {
 		{&a.cuMemAlloc, "cuMemAlloc_v2"},
 		{&a.cuMemsetD32, "cuMemsetD32_v2"},
 		{&a.cuMemcpyDtoH, "cuMemcpyDtoH_v2"},
+		{&a.cuMemcpyHtoD, "cuMemcpyHtoD_v2"},
+		{&a.cuMemcpyDtoHRaw, "cuMemcpyDtoH_v2"},
+		{&a.cuMemHostAlloc, "cuMemHostAlloc"},
 		{&a.cuLaunchKernel, "cuLaunchKernel"},
 		{&a.cuGetErrorName, "cuGetErrorName"},
 		{&a.cuGetErrorString, "cuGetErrorString"},

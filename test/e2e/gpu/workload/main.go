@@ -55,6 +55,7 @@ type config struct {
 	exitOnMismatch bool
 	selftest       bool
 	hostMemory     bool
+	bandwidth      float64
 }
 
 // totalBytes is the size of the pattern memory: --gib GiB, rounded down to
@@ -81,6 +82,7 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.block, "block", 256, "threads per block of the fill and verify kernels")
 	fs.BoolVar(&c.exitOnMismatch, "exit-on-mismatch", false, "exit with status 1 at the first tick that finds a mismatch")
 	fs.BoolVar(&c.selftest, "selftest", false, "print the PTX module and check the host-side pattern; needs no GPU")
+	fs.Float64Var(&c.bandwidth, "bandwidth", 0, "measure host<->device copy bandwidth over this many GiB (pinned memory) and exit")
 	fs.BoolVar(&c.hostMemory, "host-memory", false, "no GPU: keep the pattern and the counter in host memory (dry runs of the GPU scenario)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -124,7 +126,9 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	// A CUDA context is current per OS thread: keep every CUDA call on this
 	// one.
 	runtime.LockOSThread()
-	if c.hostMemory {
+	if c.bandwidth > 0 {
+		err = runBandwidth(c, stdout)
+	} else if c.hostMemory {
 		err = runHost(c, stdout, stderr)
 	} else {
 		err = runWorkload(c, stdout, stderr)
@@ -370,5 +374,65 @@ func runHost(c config, stdout, stderr io.Writer) error {
 	if totalBad > 0 {
 		return fmt.Errorf("%w: %d mismatching words over %d ticks", errMismatch, totalBad, c.ticks)
 	}
+	return nil
+}
+
+// runBandwidth measures the PCIe copy bandwidth (pinned host memory, 1 GiB
+// copies) in both directions: the physical reference for checkpoint and
+// restore times.
+func runBandwidth(c config, stdout io.Writer) error {
+	a, err := loadAPI()
+	if err != nil {
+		return err
+	}
+	m, err := newCMem(cmemSize)
+	if err != nil {
+		return err
+	}
+	if err := a.check("cuInit", a.cuInit(0)); err != nil {
+		return err
+	}
+	dev, ctx := m.int32(), m.uintptr()
+	if err := a.check("cuDeviceGet", a.cuDeviceGet(dev, int32(c.device))); err != nil {
+		return err
+	}
+	if err := a.check("cuDevicePrimaryCtxRetain", a.cuDevicePrimaryCtxRetain(ctx, *dev)); err != nil {
+		return err
+	}
+	if err := a.check("cuCtxSetCurrent", a.cuCtxSetCurrent(*ctx)); err != nil {
+		return err
+	}
+	const size = gib
+	d := m.uint64()
+	if err := a.check("cuMemAlloc_v2", a.cuMemAlloc(d, size)); err != nil {
+		return err
+	}
+	hp := m.uintptr()
+	if err := a.check("cuMemHostAlloc", a.cuMemHostAlloc(hp, size, 0)); err != nil {
+		return err
+	}
+	host := *hp
+	n := max(1, int(c.bandwidth))
+	measure := func(copy func() int32, op string) (float64, error) {
+		if err := a.check(op, copy()); err != nil { // warm up
+			return 0, err
+		}
+		start := time.Now()
+		for range n {
+			if err := a.check(op, copy()); err != nil {
+				return 0, err
+			}
+		}
+		return float64(n) * size / time.Since(start).Seconds() / 1e9, nil
+	}
+	h2d, err := measure(func() int32 { return a.cuMemcpyHtoD(*d, host, size) }, "cuMemcpyHtoD_v2")
+	if err != nil {
+		return err
+	}
+	d2h, err := measure(func() int32 { return a.cuMemcpyDtoHRaw(host, *d, size) }, "cuMemcpyDtoH_v2")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "bandwidth htod_gbs=%.1f dtoh_gbs=%.1f gib=%d\n", h2d, d2h, n)
 	return nil
 }
