@@ -33,6 +33,7 @@
 #   DRY=1 no GPU: the workload keeps its pattern in host memory and no
 #         devices are passed (tries the plumbing on any machine)
 set -uo pipefail
+. "$(dirname "$0")/../../../hack/lib/containerd.sh"
 
 BIN=${BIN:?set BIN to the directory with the binaries (see the header)}
 BIN=$(cd "$BIN" && pwd)
@@ -41,7 +42,6 @@ GIBS=${GIBS:-"1 8"}
 CLONE_GIBS=${CLONE_GIBS:-"1"}
 WORK=${WORK:-/var/lib/rcuda-gpu}
 DRY=${DRY:-0}
-NS=rcuda-gpu
 IMG=localhost/rcuda-gpu:latest
 INTERVAL=500ms
 mkdir -p "$OUT"
@@ -50,7 +50,7 @@ OUT=$(cd "$OUT" && pwd)
 case "$WORK" in /tmp | /tmp/*) echo "WORK must not be under /tmp (runsc's sandbox mounts a tmpfs there)" >&2; exit 2 ;; esac
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S.%3N)" "$*" | tee -a "$OUT/run.log" >&2; }
-now_ms() { date +%s%3N; }
+now_ms() { rc_now_ms; }
 FAILS=0
 declare -a RESULTS=()
 check() { # check NAME CONDITION-COMMAND...
@@ -71,26 +71,13 @@ timing() { # timing PHASE GIB MS
 	TIMINGS+=("{\"phase\":\"$1\",\"gib\":$2,\"ms\":$3}")
 }
 
-CTR=("$BIN/ctr" --address "$WORK/c.sock" --namespace "$NS")
-ctr() { timeout -s KILL 600 "${CTR[@]}" "$@" 2> >(grep -v DEPRECATION >&2); }
+ctr() { timeout -s KILL 600 "${RC_CTR[@]}" "$@" 2> >(grep -v DEPRECATION >&2); }
 
 # ---------------------------------------------------------------- setup
 cleanup() {
 	log "cleanup"
-	for t in $(timeout 20 "${CTR[@]}" tasks ls -q 2>/dev/null); do
-		timeout 20 "${CTR[@]}" tasks kill -s KILL "$t" >/dev/null 2>&1
-	done
-	sleep 1
-	for t in $(timeout 20 "${CTR[@]}" tasks ls -q 2>/dev/null); do
-		timeout 20 "${CTR[@]}" tasks rm -f "$t" >/dev/null 2>&1
-	done
-	for c in $(timeout 20 "${CTR[@]}" containers ls -q 2>/dev/null); do
-		timeout 20 "${CTR[@]}" containers rm "$c" >/dev/null 2>&1
-	done
-	[ -n "${CTRD_PID:-}" ] && kill "$CTRD_PID" 2>/dev/null && wait "$CTRD_PID" 2>/dev/null
-	grep -o " $WORK[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
 	cp "$WORK/containerd.log" "$OUT/containerd.log" 2>/dev/null
-	rm -rf "$WORK"
+	rc_stop "$WORK"
 }
 trap cleanup EXIT
 
@@ -99,46 +86,18 @@ if [ "$DRY" = 1 ]; then
 	DEVICES=()
 	WL_EXTRA=(--host-memory)
 else
-	if [ -z "${LIBDIR:-}" ]; then
-		for d in /usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu /usr/lib64; do
-			[ -e "$d/libcuda.so.1" ] && LIBDIR=$d && break
-		done
-	fi
-	[ -e "${LIBDIR:-}/libcuda.so.1" ] || { echo "libcuda.so.1 not found; set LIBDIR" >&2; exit 2; }
-	DEVICES=()
-	for d in /dev/nvidiactl /dev/nvidia-uvm /dev/nvidia-uvm-tools /dev/nvidia0; do
-		[ -e "$d" ] && DEVICES+=(--device "$d")
-	done
+	rc_gpu || { echo "no NVIDIA GPU with libcuda.so.1 found (set LIBDIR), or run with DRY=1" >&2; exit 2; }
+	LIBDIR=$RC_LIBDIR
+	DEVICES=("${RC_DEVICES[@]}")
 	WL_EXTRA=()
+	export PATH=$PATH:/usr/local/nvidia/bin
 	nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-	export PATH=$PATH:$LIBDIR/../bin:/usr/local/nvidia/bin
 fi
 
-rm -rf "$WORK"
-mkdir -p "$WORK/root" "$WORK/state" "$WORK/tmp"
-cat >"$WORK/config.toml" <<EOF
-version = 3
-root = "$WORK/root"
-state = "$WORK/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.nri.v1.nri"]
-[grpc]
-  address = "$WORK/c.sock"
-[ttrpc]
-  address = "$WORK/c.sock.ttrpc"
-EOF
-cat >"$WORK/runsc-cuda.toml" <<EOF
-binary_name = "$BIN/runsc"
-root = "$WORK/runsc"
-[cuda]
-toggle_tool = "$BIN/cuda-checkpoint"
-${LIBDIR:+driver_lib_dir = \"$LIBDIR\"}
-EOF
-RUNTIME=(--runtime io.containerd.runsc-cuda.v1 --runtime-config-path "$WORK/runsc-cuda.toml")
-
 log "starting containerd ($("$BIN/containerd" --version | head -1)); runsc $("$BIN/runsc" --version | head -1)"
-PATH=$BIN:$PATH TMPDIR=$WORK/tmp "$BIN/containerd" --config "$WORK/config.toml" >"$WORK/containerd.log" 2>&1 &
-CTRD_PID=$!
-for _ in $(seq 100); do [ -S "$WORK/c.sock" ] && break; sleep 0.1; done
+rc_start "$WORK" "$BIN/containerd" "$BIN/ctr" "$BIN" "$BIN/runsc" "$BIN/cuda-checkpoint" "$LIBDIR" || exit 1
+NS=rcuda
+RUNTIME=("${RC_RUNTIME[@]}")
 
 MK=("$BIN/mkimage" --out "$WORK/img.tar" --ref "$IMG" --busybox "$BIN/busybox" --file "/workload=$BIN/workload"
 	--ldd "$BIN/workload" --ldd "$BIN/cuda-checkpoint" --cmd /workload)
@@ -150,16 +109,7 @@ fi
 ctr images import "$WORK/img.tar" >/dev/null || exit 1
 
 # ---------------------------------------------------------------- helpers
-# wait_line FILE REGEX TIMEOUT_S: wait until FILE has a line matching REGEX.
-wait_line() {
-	local end=$((SECONDS + $3))
-	while [ $SECONDS -lt $end ]; do
-		grep -qE "$2" "$1" 2>/dev/null && return 0
-		sleep 0.05
-	done
-	log "timeout waiting for /$2/ in $1"
-	return 1
-}
+wait_line() { rc_wait_line "$@" || { log "timeout waiting for /$2/ in $1"; return 1; }; }
 last_counter() { grep -oE 'counter=[0-9]+' "$1" | tail -1 | cut -d= -f2; }
 first_counter() { grep -oE 'counter=[0-9]+' "$1" | head -1 | cut -d= -f2; }
 ticks_in() { grep -c '^tick=' "$1" 2>/dev/null || echo 0; }
