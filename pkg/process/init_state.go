@@ -164,7 +164,9 @@ func (s *pausedState) Kill(ctx context.Context, sig uint32, all bool) error {
 		return s.p.kill(ctx, sig, all)
 	}
 	if err := s.p.cfg.Runtime.Resume(ctx, s.p.cfg.ID); err != nil {
-		return fmt.Errorf("resuming the paused container to kill it: %w", err)
+		// The sandbox may be gone already (its exit not yet handled): kill
+		// reports that as NotFound, which containerd expects.
+		return s.p.kill(ctx, sig, all)
 	}
 	s.p.state = &runningState{baseState: baseState{StatusRunning}, p: s.p}
 	return s.p.kill(ctx, sig, all)

@@ -42,13 +42,14 @@ func compareSpec(saved, now checkpoint.SpecSummary) error {
 }
 
 // checkTerminal refuses a terminal IO request that disagrees with the spec's
-// process.terminal. runc refuses the same; runsc does not, and with a console
-// socket but no terminal in the spec its sandbox keeps `runsc create`'s
-// output pipes open, so create would never return.
+// process.terminal, as runc does. runsc does not: with a console socket but
+// no terminal in the spec its sandbox keeps `runsc create`'s output pipes
+// open, so create never returns; with a terminal in the spec but no console
+// socket the process's output is lost.
 func checkTerminal(ioTerminal bool, p *specs.Process) error {
 	specTerminal := p != nil && p.Terminal
 	if ioTerminal == specTerminal {
 		return nil
 	}
-	return fmt.Errorf("%w: the task's IO has terminal=%t but the OCI spec's process.terminal is %t; set both (ctr -t, or cio.WithTerminal with oci.WithTTY)", errdefs.ErrInvalidArgument, ioTerminal, specTerminal)
+	return fmt.Errorf("%w: the task's IO has terminal=%t but the OCI spec's process.terminal is %t; set both or neither (ctr -t, or cio.WithTerminal with oci.WithTTY)", errdefs.ErrInvalidArgument, ioTerminal, specTerminal)
 }

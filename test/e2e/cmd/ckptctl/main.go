@@ -30,8 +30,8 @@ import (
 	"os"
 	"time"
 
-	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
