@@ -73,6 +73,9 @@ func (f *fakeDriver) Checkpoint(pid int) error {
 
 func (f *fakeDriver) Restore(pid int, pairs []driver.GPUPair) error {
 	f.calls = append(f.calls, fmt.Sprintf("restore(%d,%q)", pid, driver.FormatDeviceMap(pairs)))
+	if code, ok := f.fail["restore-with-pairs"]; ok && len(pairs) > 0 {
+		return driver.NewError("cuCheckpointProcessRestore", code)
+	}
 	return f.step("restore", pid, driver.StateCheckpointed, driver.StateLocked, "cuCheckpointProcessRestore")
 }
 
@@ -212,6 +215,23 @@ func TestRun(t *testing.T) {
 			env:       map[string]string{envDeviceMap: gpuB + "=" + gpuA},
 			wantCalls: []string{"get-state(42)", `restore(42,"` + gpuB + "=" + gpuA + `")`, "unlock(42)"},
 			wantState: driver.StateRunning,
+		},
+		{
+			name: "toggle restore retries in place when the env map does not apply", args: []string{"--toggle", "--pid", "42"},
+			states:    map[int]driver.ProcessState{42: driver.StateCheckpointed},
+			env:       map[string]string{envDeviceMap: gpuB + "=" + gpuA},
+			fail:      map[string]driver.Result{"restore-with-pairs": driver.ErrorInvalidValue},
+			wantCalls: []string{"get-state(42)", `restore(42,"` + gpuB + "=" + gpuA + `")`, `restore(42,"")`, "unlock(42)"},
+			wantState: driver.StateRunning,
+		},
+		{
+			name: "toggle restore does not second-guess an explicit --device-map", args: []string{"--toggle", "--pid", "42", "--device-map", gpuA + "=" + gpuB},
+			states:     map[int]driver.ProcessState{42: driver.StateCheckpointed},
+			fail:       map[string]driver.Result{"restore-with-pairs": driver.ErrorInvalidValue},
+			wantCode:   1,
+			wantStderr: []string{"restore failed"},
+			wantCalls:  []string{"get-state(42)", `restore(42,"` + gpuA + "=" + gpuB + `")`, "get-state(42)"},
+			wantState:  driver.StateCheckpointed,
 		},
 		{
 			name: "action sequence: lock with timeout", args: []string{"--action", "lock", "--pid", "42", "--timeout", "500"},

@@ -69,7 +69,10 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, op
 type config struct {
 	timeoutMs uint32
 	pairs     []driver.GPUPair
-	inject    map[string]bool
+	// pairsFromEnv is set when the device map came from the environment
+	// (the shim sets it for restores), not from --device-map.
+	pairsFromEnv bool
+	inject       map[string]bool
 }
 
 // configure resolves the lock timeout, the device map and the injected
@@ -94,6 +97,7 @@ func configure(o options, getenv func(string) string) (config, error) {
 		if c.pairs, err = driver.ParseDeviceMap(m); err != nil {
 			return c, usagef("%s: %v", src, err)
 		}
+		c.pairsFromEnv = src != "--device-map"
 	}
 	inject, err := parseInject(getenv(envInject))
 	if err != nil {
@@ -194,7 +198,14 @@ func toggle(d driver.Driver, pid int, c config) error {
 		}
 		return nil
 	case driver.StateCheckpointed:
-		if err := d.Restore(pid, c.pairs); err != nil {
+		err := d.Restore(pid, c.pairs)
+		if code, ok := driver.ResultOf(err); ok && code == driver.ErrorInvalidValue && c.pairsFromEnv && len(c.pairs) > 0 {
+			// The environment's map names the GPUs of the checkpoint this
+			// container was restored from; a later checkpoint of the restored
+			// container already refers to the new GPUs. Restore in place.
+			err = d.Restore(pid, nil)
+		}
+		if err != nil {
 			return fmt.Errorf("error toggling CUDA in process ID %d: restore failed: %w%s", pid, err, stateNote(d, pid))
 		}
 		if err := d.Unlock(pid); err != nil {

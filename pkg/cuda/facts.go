@@ -113,28 +113,40 @@ func CheckCompatible(saved GPUFacts, host HostGPUs) error {
 // returns "" when every GPU keeps its UUID (a restore on the same machine),
 // and an error when host lacks one of the GPUs.
 func DeviceMapFor(saved GPUFacts, host HostGPUs) (string, error) {
+	m, moved, err := deviceMap(saved, host)
+	if err != nil || !moved {
+		return "", err
+	}
+	return m, nil
+}
+
+// DeviceMap is DeviceMapFor, but returns the pairs even when every GPU kept
+// its UUID (an identity map), so a restore always takes the same path.
+func DeviceMap(saved GPUFacts, host HostGPUs) (string, error) {
+	m, _, err := deviceMap(saved, host)
+	return m, err
+}
+
+func deviceMap(saved GPUFacts, host HostGPUs) (string, bool, error) {
 	var pairs []driver.GPUPair
 	moved := false
 	for _, sd := range saved.Devices {
 		hd, ok := host.DeviceByMinor(sd.Minor)
 		if !ok {
-			return "", fmt.Errorf("GPU /dev/nvidia%d (%s) of the checkpoint does not exist on this host", sd.Minor, sd.UUID)
+			return "", false, fmt.Errorf("GPU /dev/nvidia%d (%s) of the checkpoint does not exist on this host", sd.Minor, sd.UUID)
 		}
 		oldU, err := driver.ParseUUID(sd.UUID)
 		if err != nil {
-			return "", fmt.Errorf("checkpoint GPU /dev/nvidia%d: %w", sd.Minor, err)
+			return "", false, fmt.Errorf("checkpoint GPU /dev/nvidia%d: %w", sd.Minor, err)
 		}
 		newU, err := driver.ParseUUID(hd.UUID)
 		if err != nil {
-			return "", fmt.Errorf("host GPU /dev/nvidia%d: %w", hd.Minor, err)
+			return "", false, fmt.Errorf("host GPU /dev/nvidia%d: %w", hd.Minor, err)
 		}
 		moved = moved || oldU != newU
 		pairs = append(pairs, driver.GPUPair{Old: oldU, New: newU})
 	}
-	if !moved {
-		return "", nil
-	}
-	return driver.FormatDeviceMap(pairs), nil
+	return driver.FormatDeviceMap(pairs), moved, nil
 }
 
 func describeDevices(ds []Device) string {

@@ -312,8 +312,13 @@ func checkRestore(ctx context.Context, rt *runsc.Runsc, dir string, c *container
 		return nil, fmt.Errorf("%w: checkpoint holds GPU state but the container spec has no NVIDIA GPU devices", errdefs.ErrFailedPrecondition)
 	}
 	if c.gpu != nil {
-		if err := c.gpu.checkRestore(ctx, meta.GPU); err != nil {
+		deviceMap, err := c.gpu.checkRestore(ctx, meta.GPU)
+		if err != nil {
 			return nil, fmt.Errorf("%w: %v", errdefs.ErrFailedPrecondition, err)
+		}
+		setDeviceMap(c.spec, deviceMap)
+		if err := writeSpec(c.bundle, c.spec); err != nil {
+			return nil, err
 		}
 	}
 	return meta, nil

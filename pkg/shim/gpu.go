@@ -250,21 +250,38 @@ func (g *gpuSetup) watchReacquired(ctx context.Context, c *container, before *gp
 	}()
 }
 
-// checkRestore compares a checkpoint's GPU facts with this host.
-func (g *gpuSetup) checkRestore(ctx context.Context, saved *checkpoint.GPU) error {
+// checkRestore compares a checkpoint's GPU facts with this host and returns
+// the device map (checkpoint GPU UUID = this host's GPU UUID, paired by
+// /dev/nvidiaN) the CUDA toggle needs at restore; runsc remaps the device
+// nodes itself. The map is returned even when it is the identity, so every
+// restore takes the same path.
+func (g *gpuSetup) checkRestore(ctx context.Context, saved *checkpoint.GPU) (string, error) {
 	if saved == nil || saved.DriverVersion == "" {
 		// No facts were recorded (discovery was unavailable): runsc still
 		// checks the driver version itself.
-		return nil
+		return "", nil
 	}
 	host, err := g.discover.Snapshot(ctx)
 	if errors.Is(err, cuda.ErrNoGPU) {
-		return fmt.Errorf("the checkpoint needs %d NVIDIA GPU(s) with driver %s, but this host shows none: %v", len(saved.Devices), saved.DriverVersion, err)
+		return "", fmt.Errorf("the checkpoint needs %d NVIDIA GPU(s) with driver %s, but this host shows none: %v", len(saved.Devices), saved.DriverVersion, err)
 	}
 	if err != nil {
-		return fmt.Errorf("discovering this host's GPUs: %w", err)
+		return "", fmt.Errorf("discovering this host's GPUs: %w", err)
 	}
-	return cuda.CheckCompatible(saved.GPUFacts, host)
+	if err := cuda.CheckCompatible(saved.GPUFacts, host); err != nil {
+		return "", err
+	}
+	return cuda.DeviceMap(saved.GPUFacts, host)
+}
+
+// setDeviceMap passes a restore's device map to the CUDA toggle tool through
+// the container's environment: runsc runs the tool with the environment of
+// the spec the container is restored with (runsc does not compare the
+// environment at restore).
+func setDeviceMap(spec *specs.Spec, deviceMap string) {
+	if deviceMap != "" {
+		setEnv(spec, driver.EnvDeviceMap, deviceMap)
+	}
 }
 
 // verifyAfterRestore checks, in the background, that the restored sandbox
