@@ -7,15 +7,24 @@
 # run, so the demo doubles as a how-to.
 #
 # Needs: `make tools build` (the Makefile's demo target does both), root.
+# On a host without Go (a GPU host), BUNDLE=<dir> uses the prebuilt binaries
+# of `make gpu-bundle` instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . hack/lib/containerd.sh
-eval "$(hack/tools.sh env)"
 
 WORK=${WORK:-/var/lib/rcuda-demo}
-SHIM_DIR=$PWD/bin
 IMG=localhost/rcuda-demo:latest
 GO=${GO:-go}
+BUNDLE=${BUNDLE:-}
+if [ -n "$BUNDLE" ]; then
+	BUNDLE=$(cd "$BUNDLE" && pwd)
+	RCUDA_CONTAINERD_2_4=$BUNDLE/containerd RCUDA_CTR_2_4=$BUNDLE/ctr RCUDA_RUNSC=$BUNDLE/runsc RCUDA_BUSYBOX=$BUNDLE/busybox
+	SHIM_DIR=$BUNDLE
+else
+	eval "$(hack/tools.sh env)"
+	SHIM_DIR=$PWD/bin
+fi
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { # print a command (ctr and ckptctl by name, without the private socket), then run it
@@ -35,18 +44,28 @@ if rc_gpu; then GPU=1; fi
 # The image: a static busybox and the workload, built here, imported
 # without any registry.
 mkdir -p "$WORK.build"
-CGO_ENABLED=0 $GO build -o "$WORK.build/mkimage" ./test/e2e/gpu/mkimage
-CGO_ENABLED=0 $GO build -o "$WORK.build/ckptctl" ./test/e2e/cmd/ckptctl
+build() { # build NAME PACKAGE: a binary from the bundle, or built from the tree
+	if [ -n "$BUNDLE" ]; then cp "$BUNDLE/$1" "$WORK.build/$1"; else CGO_ENABLED=0 $GO build -o "$WORK.build/$1" "$2"; fi
+}
+build mkimage ./test/e2e/gpu/mkimage
+build ckptctl ./test/e2e/cmd/ckptctl
 if [ "$GPU" = 1 ]; then
-	CGO_ENABLED=0 $GO build -o "$WORK.build/workload" ./test/e2e/gpu/workload
+	build workload ./test/e2e/gpu/workload
 	MK=(--file "/workload=$WORK.build/workload" --ldd "$WORK.build/workload" --ldd "$SHIM_DIR/cuda-checkpoint"
 		--ldd "$RC_LIBDIR/libcuda.so.1" --no-copy "$RC_LIBDIR")
 	ARGS=(/workload --gib 1 --interval 1s)
 	DEVICES=("${RC_DEVICES[@]}")
 	PATTERN='^tick='
 	say "GPU found: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1) — the demo checkpoints live CUDA state"
+elif [ -n "$BUNDLE" ]; then
+	build workload ./test/e2e/gpu/workload
+	MK=(--file "/workload=$WORK.build/workload" --ldd "$WORK.build/workload")
+	ARGS=(/workload --host-memory --gib 0.1 --interval 1s)
+	DEVICES=()
+	PATTERN='^tick='
+	say "no GPU here: the demo checkpoints the GPU workload's host-memory variant"
 else
-	CGO_ENABLED=0 $GO build -o "$WORK.build/workload" ./test/e2e/workload
+	build workload ./test/e2e/workload
 	MK=(--file "/workload=$WORK.build/workload")
 	ARGS=(/workload counter --interval 1s --file /tmp/count)
 	DEVICES=()

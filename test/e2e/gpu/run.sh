@@ -236,6 +236,51 @@ for GIB in $GIBS; do
 	log "disk: $(df -h "$WORK" | tail -1)"
 done
 
+# 2b. Restore pre-checks refuse a host that does not match the checkpoint's
+# GPUs, before anything is created; the unmodified image then restores (with
+# the identity device map the shim always passes).
+log "=== restore pre-checks"
+LP=$OUT/precheck.log
+run_workload wpc "$LP" 0.25
+wait_line "$LP" '^tick=2 ' 120
+PC=$WORK/precheck-image
+ctr tasks checkpoint --exit --image-path "$PC" wpc >/dev/null
+check precheck-image-written test -s "$PC/runsc-cuda.json"
+pc_counter=$(last_counter "$LP")
+cp "$PC/runsc-cuda.json" "$WORK/meta.orig"
+try_restore() { # try_restore NAME: restore from $PC into NAME, print ckptctl's output
+	"$BIN/ckptctl" --address "$WORK/c.sock" --namespace "$NS" "${RUNTIME[@]}" restore --log "$OUT/$1.log" \
+		--from-path "$PC" --like wpc "$1" 2>&1
+}
+if [ "$DRY" != 1 ]; then
+	python3 - "$PC/runsc-cuda.json" <<'PY'
+import json, sys
+p = sys.argv[1]; m = json.load(open(p)); m["gpu"]["driverVersion"] = "999.1.2"; json.dump(m, open(p, "w"))
+PY
+	out=$(try_restore wpc-driver)
+	log "restore with a different driver in the metadata: $out"
+	check precheck-driver-mismatch-refused grep -q "999.1.2.*this host has" <<<"$out"
+	cp "$WORK/meta.orig" "$PC/runsc-cuda.json"
+	python3 - "$PC/runsc-cuda.json" <<'PY'
+import json, sys
+p = sys.argv[1]; m = json.load(open(p)); d = dict(m["gpu"]["devices"][0]); d["minor"] = d["index"] = 7
+d["uuid"] = "GPU-00000000-0000-0000-0000-000000000007"; m["gpu"]["devices"].append(d); json.dump(m, open(p, "w"))
+PY
+	out=$(try_restore wpc-count)
+	log "restore needing a GPU this host lacks: $out"
+	check precheck-missing-gpu-refused grep -q "/dev/nvidia7" <<<"$out"
+	check precheck-nothing-created test -z "$(task_status wpc-driver)$(task_status wpc-count)"
+	ctr containers rm wpc-driver wpc-count >/dev/null 2>&1
+	cp "$WORK/meta.orig" "$PC/runsc-cuda.json"
+fi
+out=$(try_restore wpc-r)
+log "restore from the unmodified image: $out"
+wait_line "$OUT/wpc-r.log" "counter=$((pc_counter + 2)) " 120
+check precheck-unmodified-restores test "$(first_counter "$OUT/wpc-r.log")" -eq $((pc_counter + 1))
+check precheck-restored-bit-exact no_mismatch "$OUT/wpc-r.log"
+remove wpc-r wpc
+rm -rf "$PC"
+
 # 3. An injected toggle failure leaves the workload running, CUDA running.
 log "=== injected toggle failure"
 LF=$OUT/fail.log
