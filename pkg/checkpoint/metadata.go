@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/cuda"
@@ -48,8 +49,32 @@ type Metadata struct {
 	Spec SpecSummary `json:"spec"`
 	// GPU holds the GPU facts of a GPU container, nil otherwise.
 	GPU *GPU `json:"gpu,omitempty"`
+	// Pod describes the pod sandbox the checkpoint saved when the container
+	// was one of a pod's (gVisor saves the whole sandbox); nil otherwise.
+	Pod *Pod `json:"pod,omitempty"`
 	// Timings of the checkpoint, in milliseconds.
 	Timings Timings `json:"timings_ms"`
+}
+
+// Pod is the pod sandbox a checkpoint of a pod's container saved: gVisor
+// checkpoints a sandbox as a whole, with every container in it, and restores
+// it only as a whole.
+type Pod struct {
+	// SandboxID is the pod's sandbox (pause) container.
+	SandboxID string `json:"sandbox_id"`
+	// Containers are the containers in the sandbox, the sandbox container
+	// first.
+	Containers []PodContainer `json:"containers"`
+}
+
+// PodContainer is one container of a checkpointed pod.
+type PodContainer struct {
+	ID string `json:"id"`
+	// Name is the CRI container name (gVisor matches restored containers to
+	// the checkpointed ones by it); empty for the sandbox container.
+	Name string `json:"name,omitempty"`
+	// Sandbox is set for the pod's sandbox (pause) container.
+	Sandbox bool `json:"sandbox,omitempty"`
 }
 
 // File is one image file.
@@ -79,8 +104,12 @@ type GPU struct {
 
 // Timings of one checkpoint.
 type Timings struct {
-	Runsc int64 `json:"runsc"`
-	Total int64 `json:"total"`
+	// Runsc is `runsc checkpoint`; GPUDiscovery the host-side look at the
+	// sandbox's GPU memory before it (GPU containers); Total the whole
+	// checkpoint as the shim sees it.
+	Runsc        int64 `json:"runsc"`
+	GPUDiscovery int64 `json:"gpu_discovery,omitempty"`
+	Total        int64 `json:"total"`
 }
 
 // Size returns the image's total size in bytes.
@@ -104,11 +133,25 @@ func (m *Metadata) Validate() error {
 		return errors.New("metadata lists no image files")
 	}
 	for _, f := range m.Files {
-		if f.Name == "" || f.Name != filepath.Base(f.Name) || f.Name == "." || f.Name == ".." || f.Name == MetadataFile {
+		// A plain name of a file in the checkpoint directory: not "/" (which
+		// filepath.Base keeps), no NUL, not the metadata itself.
+		if f.Name == "" || f.Name != filepath.Base(f.Name) || strings.ContainsAny(f.Name, "/\x00") ||
+			f.Name == "." || f.Name == ".." || f.Name == MetadataFile {
 			return fmt.Errorf("metadata lists an invalid file name %q", f.Name)
 		}
 		if f.Size < 0 {
 			return fmt.Errorf("metadata lists a negative size for %s", f.Name)
+		}
+	}
+	if m.GPU != nil {
+		// Each GPU once: the restore pairs them by /dev/nvidiaN and the CUDA
+		// toggle refuses a device map that names a GPU twice.
+		minors, uuids := map[int]bool{}, map[string]bool{}
+		for _, d := range m.GPU.Devices {
+			if minors[d.Minor] || (d.UUID != "" && uuids[d.UUID]) {
+				return fmt.Errorf("metadata lists GPU /dev/nvidia%d (%s) twice", d.Minor, d.UUID)
+			}
+			minors[d.Minor], uuids[d.UUID] = true, true
 		}
 	}
 	return nil

@@ -61,6 +61,10 @@ func TestReadRejects(t *testing.T) {
 		{"no files", `{"format_version": 1, "runsc_version": "x"}`, "no image files"},
 		{"escaping name", `{"format_version": 1, "runsc_version": "x", "files": [{"name": "../etc/passwd", "size": 1}]}`, "invalid file name"},
 		{"negative size", `{"format_version": 1, "runsc_version": "x", "files": [{"name": "a", "size": -1}]}`, "negative size"},
+		{"root name", `{"format_version": 1, "runsc_version": "x", "files": [{"name": "/", "size": 1}]}`, "invalid file name"},
+		{"nul in name", `{"format_version": 1, "runsc_version": "x", "files": [{"name": "a\u0000b", "size": 1}]}`, "invalid file name"},
+		{"gpu twice", `{"format_version": 1, "runsc_version": "x", "files": [{"name": "a", "size": 1}],
+			"gpu": {"driverVersion": "580", "devices": [{"minor": 0, "uuid": "GPU-a"}, {"minor": 0, "uuid": "GPU-a"}]}}`, "twice"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Decode(strings.NewReader(tc.body))

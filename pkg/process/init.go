@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/console"
@@ -72,11 +73,16 @@ type Init struct {
 	stdin   io.Closer
 	closers []io.Closer
 	// wg tracks the output copies.
-	wg  sync.WaitGroup
-	pid int
-	// sandboxExit receives the sandbox process's exit status.
+	wg sync.WaitGroup
+	// pid is the sandbox's host pid; it changes when a pod's sandbox is
+	// replaced (ReplaceSandbox, Recreate).
+	pid atomic.Int64
+	// sandboxExit receives the current sandbox process's exit status.
 	sandboxExit chan int
-	exit        exitState
+	// gen counts the sandboxes this container ran in; an exit watcher of an
+	// older one does not report (guarded by mu).
+	gen  int
+	exit exitState
 }
 
 // NewInit returns an init process in the created state; call Create next.
@@ -91,7 +97,7 @@ func NewInit(cfg InitConfig) *Init {
 }
 
 func (p *Init) ID() string                     { return p.cfg.ID }
-func (p *Init) Pid() int                       { return p.pid }
+func (p *Init) Pid() int                       { return int(p.pid.Load()) }
 func (p *Init) Stdio() stdio.Stdio             { return p.cfg.Stdio }
 func (p *Init) Runtime() *runsc.Runsc          { return p.cfg.Runtime }
 func (p *Init) Bundle() string                 { return p.cfg.Bundle }
@@ -161,8 +167,8 @@ func (p *Init) Create(ctx context.Context) (retErr error) {
 		p.destroy(ctx)
 		return fmt.Errorf("reading sandbox pid: %w", err)
 	}
-	p.pid = pid
-	window.Claim(pid, func(status int, _ time.Time) { p.sandboxExit <- status })
+	p.pid.Store(int64(pid))
+	p.claimSandboxExit(window, pid)
 
 	if sio.Stdin != "" {
 		sc, err := fifo.OpenFifo(context.Background(), sio.Stdin, unix.O_WRONLY|unix.O_NONBLOCK, 0)
@@ -262,21 +268,40 @@ func (p *Init) restore(ctx context.Context) error {
 // watchExit waits for the container in the background. `runsc wait`
 // reports the container's exit status; when it cannot (the sandbox died),
 // the sandbox process's own status is used.
+//
+// It runs with mu held; an exit of a sandbox that was replaced since
+// (ReplaceSandbox) is not reported.
 func (p *Init) watchExit() {
+	gen, sandboxExit := p.gen, p.sandboxExit
 	go func() {
 		ctx := context.Background()
 		status, err := p.cfg.Runtime.Wait(ctx, p.cfg.ID)
 		if err != nil {
 			select {
-			case status = <-p.sandboxExit:
+			case status = <-sandboxExit:
 				log.G(ctx).WithError(err).WithField("id", p.cfg.ID).Infof("runsc wait failed; using the sandbox's exit status %d", status)
 			case <-time.After(waitFallbackTimeout):
 				status = 128 + int(unix.SIGKILL)
 				log.G(ctx).WithError(err).WithField("id", p.cfg.ID).Warnf("container exit status unknown; reporting %d", status)
 			}
 		}
+		p.mu.Lock()
+		stale := gen != p.gen
+		p.mu.Unlock()
+		if stale {
+			log.G(ctx).WithField("id", p.cfg.ID).Debugf("the replaced sandbox of the container exited (%d); not reported", status)
+			return
+		}
 		p.cfg.OnExit(p, status)
 	}()
+}
+
+// claimSandboxExit makes pid's exit status (the sandbox process's) arrive
+// on a channel of its own, the current sandboxExit.
+func (p *Init) claimSandboxExit(window *Window, pid int) {
+	ch := make(chan int, 1)
+	p.sandboxExit = ch
+	window.Claim(pid, func(status int, _ time.Time) { ch <- status })
 }
 
 // Delete removes the container from runsc and releases its IO and rootfs.

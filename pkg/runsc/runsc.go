@@ -20,6 +20,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	runc "github.com/containerd/go-runc"
@@ -70,6 +71,39 @@ type Runsc struct {
 	Flags map[string]string
 	// Monitor starts and waits for commands; nil means plain exec.
 	Monitor Monitor
+
+	// version caches Version for the binary file it was read from.
+	version versionCache
+}
+
+// versionCache holds `runsc --version` of one binary file, identified by
+// its path, inode, size and modification time: every checkpoint records the
+// version, and a replaced binary is noticed without running it again.
+type versionCache struct {
+	mu      sync.Mutex
+	file    fileID
+	version string
+}
+
+type fileID struct {
+	path  string
+	ino   uint64
+	size  int64
+	mtime int64
+}
+
+// binaryID identifies the file bin resolves to; ok is false when it cannot
+// be found (Version then runs it and reports the error).
+func binaryID(bin string) (fileID, bool) {
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		return fileID{}, false
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return fileID{}, false
+	}
+	return fileID{path: path, ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano()}, true
 }
 
 // Error is a failed runsc invocation.
@@ -290,11 +324,19 @@ func (r *Runsc) withIO(cmd *exec.Cmd, cio runc.IO, verb []string) error {
 	return nil
 }
 
-// Version returns the first line of `runsc --version`.
+// Version returns the first line of `runsc --version`, without the
+// "runsc version " prefix. It is cached for as long as the binary file stays
+// the same.
 func (r *Runsc) Version(ctx context.Context) (string, error) {
 	bin := r.Binary
 	if bin == "" {
 		bin = DefaultBinary
+	}
+	id, ok := binaryID(bin)
+	r.version.mu.Lock()
+	defer r.version.mu.Unlock()
+	if ok && r.version.version != "" && r.version.file == id {
+		return r.version.version, nil
 	}
 	cmd := exec.CommandContext(ctx, bin, "--version")
 	out, err := r.output(cmd, []string{"--version"})
@@ -302,7 +344,11 @@ func (r *Runsc) Version(ctx context.Context) (string, error) {
 		return "", err
 	}
 	line, _, _ := strings.Cut(string(out), "\n")
-	return strings.TrimSpace(strings.TrimPrefix(line, "runsc version ")), nil
+	v := strings.TrimSpace(strings.TrimPrefix(line, "runsc version "))
+	if ok {
+		r.version.file, r.version.version = id, v
+	}
+	return v, nil
 }
 
 // CreateOpts are the options of `runsc create`.

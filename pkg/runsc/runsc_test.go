@@ -105,6 +105,34 @@ func TestVersion(t *testing.T) {
 	}
 }
 
+// Version runs runsc once per binary file: a checkpoint records it, and a
+// replaced binary is asked again.
+func TestVersionIsCachedPerBinaryFile(t *testing.T) {
+	r, args := fakeRunsc(t, `echo "runsc version one"`)
+	for range 3 {
+		if v, err := r.Version(context.Background()); err != nil || v != "one" {
+			t.Fatalf("version = %q, %v", v, err)
+		}
+	}
+	data, err := os.ReadFile(args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(data), "--version"); n != 1 {
+		t.Fatalf("runsc --version ran %d times, want 1", n)
+	}
+	script := "#!/bin/sh\necho \"$@\" >> " + args + "\necho \"runsc version two, longer\"\n"
+	if err := os.WriteFile(r.Binary+".new", []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(r.Binary+".new", r.Binary); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := r.Version(context.Background()); err != nil || v != "two, longer" {
+		t.Fatalf("version after replacing the binary = %q, %v", v, err)
+	}
+}
+
 // runsc writes its JSON log objects back to back, without newlines; the
 // sandbox's and gofer's errors (the cause) come before runsc's own, and
 // errors of earlier commands are not this command's.

@@ -6,7 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
@@ -36,6 +37,9 @@ type checkpointRequest struct {
 	Exit bool
 	// Dir is where the image goes.
 	Dir string
+	// Pod is the pod the image holds when the container is a pod's (see
+	// pod.go); nil otherwise.
+	Pod *checkpoint.Pod
 }
 
 // parseCheckpointOptions reads runc's CheckpointOptions (what ctr and the
@@ -82,6 +86,16 @@ func parseCheckpointOptions(a *anypb.Any, path string, cfg *Config) (checkpointR
 	return req, nil
 }
 
+// hasDotDot reports whether path has a ".." element.
+func hasDotDot(path string) bool {
+	for _, e := range strings.Split(path, "/") {
+		if e == ".." {
+			return true
+		}
+	}
+	return false
+}
+
 // Checkpoint saves the container's sandbox into the given directory.
 // containerd pauses the task first; the container is left as it was
 // (running, or paused until containerd resumes it) unless Exit is set. On
@@ -94,6 +108,9 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	}
 	req, err := parseCheckpointOptions(r.Options, r.Path, c.config)
 	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if req.Pod, err = s.preparePodCheckpoint(ctx, c, req); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	err = c.init.Checkpoint(ctx, func(ctx context.Context, paused bool) error {
@@ -112,21 +129,31 @@ func (s *Service) checkpoint(ctx context.Context, c *container, req checkpointRe
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("creating checkpoint directory: %w", err)
 	}
-	before, err := checkpoint.ListFiles(dir)
+	// Everything in the directory afterwards is this checkpoint's, so a
+	// failure can remove it all: any entry (a file, a subdirectory, a link)
+	// makes the directory unusable.
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("reading checkpoint directory: %w", err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, checkpoint.MetadataFile)); err == nil || len(before) > 0 {
+	if len(entries) > 0 {
 		return fmt.Errorf("%w: checkpoint directory %s is not empty; choose an empty directory so no existing checkpoint is overwritten", errdefs.ErrFailedPrecondition, dir)
 	}
+	// A shim that dies during the checkpoint cannot remove what runsc wrote;
+	// the marker lets `shim delete` do it (removeInterruptedCheckpoint).
+	if err := markCheckpoint(c.bundle, dir); err != nil {
+		return err
+	}
+	defer unmarkCheckpoint(ctx, c.bundle)
 	// stopped is set once an exit checkpoint has stopped the container; a
-	// failure before that leaves it running as it was.
+	// failure before that leaves it running as it was, and the error says so
+	// (or, when the sandbox died meanwhile, that it did).
 	stopped := false
 	defer func() {
 		if retErr != nil {
-			removeNewFiles(ctx, dir, before)
+			removePartialImage(ctx, dir)
 			if !stopped {
-				s.recoverAfterFailedCheckpoint(ctx, c, paused)
+				retErr = fmt.Errorf("%w; %s", retErr, s.recoverAfterFailedCheckpoint(ctx, c, paused))
 			}
 		}
 	}()
@@ -147,19 +174,24 @@ func (s *Service) checkpoint(ctx context.Context, c *container, req checkpointRe
 	}
 	if req.Exit && !paused {
 		if err := rt.Pause(ctx, c.id); err != nil {
-			return fmt.Errorf("freezing %s for the exit checkpoint failed; the container keeps running: %w", c.id, err)
+			return fmt.Errorf("freezing %s for the exit checkpoint failed: %w", c.id, err)
 		}
 	}
-	var gpuBefore *gpuUsage
+	var (
+		gpuBefore *gpuUsage
+		gpuDur    time.Duration
+	)
 	if c.gpu != nil {
 		opts.CudaCheckpointPath = c.gpu.toolInContainer
 		opts.CudaCheckpointSequential = c.config.CUDA.Sequential
+		tg := time.Now()
 		gpuBefore = c.gpu.usage(ctx, c.init.Pid())
+		gpuDur = time.Since(tg)
 	}
 	log.G(ctx).WithField("id", c.id).WithField("args", opts.Args(c.id)).Info("checkpointing")
 	t0 := time.Now()
 	if err := rt.Checkpoint(ctx, c.id, opts); err != nil {
-		return fmt.Errorf("checkpoint of %s failed; the container keeps running: %w", c.id, err)
+		return fmt.Errorf("checkpoint of %s failed: %w", c.id, err)
 	}
 	runscDur := time.Since(t0)
 
@@ -170,6 +202,13 @@ func (s *Service) checkpoint(ctx context.Context, c *container, req checkpointRe
 	files, err := checkpoint.ListFiles(dir)
 	if err != nil {
 		return err
+	}
+	// runsc creates the image files 0644; they hold all of the container's
+	// memory, so only their owner reads them, whatever the directory's mode.
+	for _, f := range files {
+		if err := os.Chmod(filepath.Join(dir, f.Name), 0o600); err != nil {
+			return fmt.Errorf("restricting checkpoint file %s to its owner: %w", f.Name, err)
+		}
 	}
 	meta := &checkpoint.Metadata{
 		FormatVersion: checkpoint.FormatVersion,
@@ -183,11 +222,12 @@ func (s *Service) checkpoint(ctx context.Context, c *container, req checkpointRe
 		LeaveRunning:  !req.Exit,
 		Files:         files,
 		Spec:          summarizeSpec(c.spec),
+		Pod:           req.Pod,
 	}
 	if c.gpu != nil {
 		meta.GPU = c.gpu.facts(ctx, gpuBefore)
 	}
-	meta.Timings = checkpoint.Timings{Runsc: runscDur.Milliseconds(), Total: time.Since(start).Milliseconds()}
+	meta.Timings = checkpoint.Timings{Runsc: runscDur.Milliseconds(), GPUDiscovery: gpuDur.Milliseconds(), Total: time.Since(start).Milliseconds()}
 	if err := checkpoint.Write(dir, meta); err != nil {
 		return fmt.Errorf("writing checkpoint metadata: %w", err)
 	}
@@ -244,32 +284,132 @@ func compressionOrDefault(c string) string {
 }
 
 // recoverAfterFailedCheckpoint leaves the container as it was before a
-// failed checkpoint: runsc resumes the sandbox itself on most failures, but
-// a sandbox it left frozen is thawed unless containerd had paused it.
-func (s *Service) recoverAfterFailedCheckpoint(ctx context.Context, c *container, paused bool) {
+// failed checkpoint and says, for the error, how it is: runsc resumes the
+// sandbox itself on most failures, but a sandbox it left frozen is thawed
+// unless containerd had paused it. A sandbox that died during the checkpoint
+// (killed, out of memory) is reported as such; its exit reaches containerd
+// through the exit watcher as any other.
+func (s *Service) recoverAfterFailedCheckpoint(ctx context.Context, c *container, paused bool) string {
 	ctx = context.WithoutCancel(ctx)
+	if pid := c.init.Pid(); pid > 0 && !sandboxStaysAlive(pid) {
+		log.G(ctx).WithField("id", c.id).WithField("pid", pid).Error("the sandbox died during the checkpoint")
+		return fmt.Sprintf("the container is no longer running: its sandbox (pid %d) exited during the checkpoint", pid)
+	}
 	st, err := c.init.Runtime().State(ctx, c.id)
 	if err != nil {
 		log.G(ctx).WithError(err).WithField("id", c.id).Warn("container state unknown after a failed checkpoint")
-		return
+		return fmt.Sprintf("the container's state is unknown: %v", err)
 	}
-	if st.Status == "paused" && !paused {
+	switch st.Status {
+	case "running":
+		return "the container keeps running"
+	case "paused":
+		if paused {
+			return "the container keeps running, paused as it was when the checkpoint began"
+		}
 		if err := c.init.Runtime().Resume(ctx, c.id); err != nil {
 			log.G(ctx).WithError(err).WithField("id", c.id).Error("could not resume the container after a failed checkpoint")
+			return fmt.Sprintf("the container is left frozen: resuming it failed: %v", err)
 		}
+		return "the container keeps running"
+	default:
+		return fmt.Sprintf("the container is no longer running (runsc reports it %s)", st.Status)
 	}
 }
 
-// removeNewFiles removes what a failed checkpoint wrote into dir.
-func removeNewFiles(ctx context.Context, dir string, before []checkpoint.File) {
+// runscFailureStatus is the exit status of a runsc command that failed
+// (gVisor's util.Fatalf, subcommands.ExitFailure), for example a `runsc exec`
+// whose sandbox is gone.
+const runscFailureStatus = 128
+
+// sandboxStaysAlive reports whether pid is alive now and a moment later: a
+// checkpoint that failed because its sandbox was killed may return while the
+// sandbox is still being torn down.
+func sandboxStaysAlive(pid int) bool {
+	for range 5 {
+		if !sandboxAlive(pid) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
+}
+
+// sandboxAlive reports whether pid is a live process: not gone, not a zombie
+// waiting to be reaped, and not exiting. A sandbox killed during a checkpoint
+// closes runsc's connection while it exits, before it is a zombie; the
+// kernel marks it PF_EXITING first.
+func sandboxAlive(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) state ppid pgrp session tty_nr tpgid flags ...: the fields
+	// after the last ')'.
+	i := strings.LastIndexByte(string(data), ')')
+	if i < 0 {
+		return false
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 7 {
+		return false
+	}
+	switch f[0] {
+	case "Z", "X", "x":
+		return false
+	}
+	const pfExiting = 0x4 // include/linux/sched.h PF_EXITING
+	if flags, err := strconv.ParseUint(f[6], 10, 64); err == nil && flags&pfExiting != 0 {
+		return false
+	}
+	return true
+}
+
+// checkpointMarkerFile, in the bundle, names the image directory of the
+// checkpoint in progress.
+const checkpointMarkerFile = "checkpoint-in-progress"
+
+func markCheckpoint(bundle, dir string) error {
+	if err := os.WriteFile(filepath.Join(bundle, checkpointMarkerFile), []byte(dir), 0o600); err != nil {
+		return fmt.Errorf("recording the checkpoint in progress: %w", err)
+	}
+	return nil
+}
+
+func unmarkCheckpoint(ctx context.Context, bundle string) {
+	if err := os.Remove(filepath.Join(bundle, checkpointMarkerFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.G(ctx).WithError(err).Warn("removing the checkpoint marker")
+	}
+}
+
+// removeInterruptedCheckpoint removes the files of a checkpoint the shim was
+// writing when it died; `shim delete` calls it after the sandbox is gone. The
+// shim only checkpoints into empty directories, so what the directory holds
+// is that checkpoint's, unless it completed (runsc-cuda.json is there).
+func removeInterruptedCheckpoint(ctx context.Context, bundle string) {
+	marker := filepath.Join(bundle, checkpointMarkerFile)
+	data, err := os.ReadFile(marker)
+	if err != nil {
+		return
+	}
+	dir := string(data)
+	if filepath.IsAbs(dir) && !hasDotDot(dir) {
+		if _, err := os.Stat(filepath.Join(dir, checkpoint.MetadataFile)); errors.Is(err, os.ErrNotExist) {
+			log.G(ctx).WithField("dir", dir).Warn("removing the files of a checkpoint interrupted by the shim's death")
+			removePartialImage(ctx, dir)
+		}
+	}
+	_ = os.Remove(marker)
+}
+
+// removePartialImage removes what a failed checkpoint wrote into dir: all of
+// it, as the shim only checkpoints into empty directories.
+func removePartialImage(ctx context.Context, dir string) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return
 	}
 	for _, e := range entries {
-		if slices.ContainsFunc(before, func(f checkpoint.File) bool { return f.Name == e.Name() }) {
-			continue
-		}
 		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
 			log.G(ctx).WithError(err).Warn("removing a partial checkpoint file")
 		}
@@ -291,6 +431,7 @@ func checkRunsc(ctx context.Context, rt *runsc.Runsc) error {
 // checkRestore validates a checkpoint against this host before anything is
 // created. Mismatches are FailedPrecondition errors naming both sides.
 func checkRestore(ctx context.Context, rt *runsc.Runsc, dir string, c *container) (*checkpoint.Metadata, error) {
+	start := time.Now()
 	meta, err := checkpoint.Read(dir)
 	if err != nil {
 		return nil, fmt.Errorf("%w: cannot restore: %v", errdefs.ErrFailedPrecondition, err)
@@ -308,11 +449,17 @@ func checkRestore(ctx context.Context, rt *runsc.Runsc, dir string, c *container
 	if err := compareSpec(meta.Spec, summarizeSpec(c.spec)); err != nil {
 		return nil, fmt.Errorf("%w: cannot restore into this container: %v", errdefs.ErrFailedPrecondition, err)
 	}
+	if err := checkPodRestore(meta, c.spec); err != nil {
+		return nil, fmt.Errorf("%w: cannot restore into this container: %v", errdefs.ErrFailedPrecondition, err)
+	}
 	if meta.GPU != nil && c.gpu == nil {
 		return nil, fmt.Errorf("%w: checkpoint holds GPU state but the container spec has no NVIDIA GPU devices", errdefs.ErrFailedPrecondition)
 	}
+	var gpuDur time.Duration
 	if c.gpu != nil {
+		tg := time.Now()
 		deviceMap, err := c.gpu.checkRestore(ctx, meta.GPU)
+		gpuDur = time.Since(tg)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", errdefs.ErrFailedPrecondition, err)
 		}
@@ -321,13 +468,20 @@ func checkRestore(ctx context.Context, rt *runsc.Runsc, dir string, c *container
 			return nil, err
 		}
 	}
+	log.G(ctx).WithField("id", c.id).WithField("ms", time.Since(start).Milliseconds()).
+		WithField("gpu_ms", gpuDur.Milliseconds()).Info("restore checked")
 	return meta, nil
 }
 
 // restore restores a created container from its checkpoint.
 func (s *Service) restore(ctx context.Context, c *container) error {
 	t0 := time.Now()
-	if err := c.init.Start(ctx); err != nil {
+	start := c.init.Start
+	if subcontainer(c.spec) {
+		// A pod's container: the image holds the whole pod (pod.go).
+		start = func(ctx context.Context) error { return s.restoreIntoPod(ctx, c) }
+	}
+	if err := start(ctx); err != nil {
 		return err
 	}
 	log.G(ctx).WithField("id", c.id).WithField("ms", time.Since(t0).Milliseconds()).Info("restored")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -39,6 +40,10 @@ type container struct {
 	gpu *gpuSetup
 	// restored is the metadata of the checkpoint Start restores, if any.
 	restored *checkpoint.Metadata
+	// createdPid is the sandbox pid containerd was told at create (the CRI
+	// points a pod's containers' namespaces at it); a pod restore replaces
+	// the sandbox (pod.go).
+	createdPid int
 
 	mu    sync.Mutex
 	execs map[string]*process.Exec
@@ -115,6 +120,60 @@ func removeStaleFilestores(ctx context.Context, rootfs string) {
 			log.G(ctx).WithError(err).WithField("file", m).Warn("removing a stale runsc filestore")
 		}
 	}
+}
+
+// defaultOverlay2 is the runsc overlay2 flag the shim sets when the config
+// leaves it to runsc, or "" to keep runsc's default (root:self).
+//
+// runsc's default keeps the rootfs overlay's data in a filestore file inside
+// the rootfs, that is in containerd's rw layer: 1 GiB of apparent size as
+// soon as anything is written. containerd diffs and gzips the rw layer on
+// every checkpoint (ctr, nerdctl, the client and the CRI all do), holes
+// included, with the container paused: about 6 s per GiB on a 2-core host
+// (docs/benchmarks/README.md). With "root:dir=D" runsc keeps an unlinked
+// filestore in D instead, and the rw diff is only what containerd sees. D is
+// the snapshot directory that holds the rw layer (the parent of the overlay's
+// upperdir): on the same disk, removed with the snapshot.
+//
+// CRI containers keep runsc's default: the kubelet's ephemeral-storage
+// accounting measures the rw layer, which then holds the filestore. Other
+// rootfs types (no overlay upperdir) keep it too. Setting overlay2 in
+// runsc_config always wins.
+func defaultOverlay2(cfg *Config, spec *specs.Spec, rootfs []*typesMount) string {
+	for _, k := range []string{"overlay2", "overlay"} {
+		if _, ok := cfg.RunscConfig[k]; ok {
+			return ""
+		}
+	}
+	if _, ok := spec.Annotations[annotationContainerType]; ok {
+		return ""
+	}
+	if _, ok := spec.Annotations["dev.gvisor.flag.overlay2"]; ok {
+		return ""
+	}
+	dir := snapshotDir(rootfs)
+	if dir == "" {
+		return ""
+	}
+	return "root:dir=" + dir
+}
+
+// snapshotDir returns the directory holding the upper layer of an overlay
+// rootfs (containerd's overlayfs snapshotter: snapshots/N, holding fs and
+// work), or "" when the rootfs is not one overlay mount with an upperdir.
+func snapshotDir(rootfs []*typesMount) string {
+	if len(rootfs) != 1 || rootfs[0].Type != "overlay" {
+		return ""
+	}
+	for _, o := range rootfs[0].Options {
+		if upper, ok := strings.CutPrefix(o, "upperdir="); ok && filepath.IsAbs(upper) {
+			dir := filepath.Dir(filepath.Clean(upper))
+			if st, err := os.Stat(dir); err == nil && st.IsDir() && dir != "/" {
+				return dir
+			}
+		}
+	}
+	return ""
 }
 
 // newRunsc returns the runsc wrapper for a container.

@@ -220,6 +220,7 @@ func (m *Manager) Stop(ctx context.Context, id string) (cdshim.StopStatus, error
 	if err := rt.Delete(ctx, id, true); err != nil && !runsc.IsNotExist(err) {
 		log.G(ctx).WithError(err).Warn("removing the container from runsc")
 	}
+	removeInterruptedCheckpoint(ctx, bundle)
 	if err := mount.UnmountRecursive(filepath.Join(bundle, "rootfs"), 0); err != nil {
 		log.G(ctx).WithError(err).Warn("unmounting rootfs")
 	}

@@ -44,7 +44,7 @@ type Config struct {
 }
 
 // CheckpointConfig tunes checkpoint and restore. The defaults are the fastest
-// measured settings (see docs/performance.md).
+// measured settings (see docs/benchmarks/README.md).
 type CheckpointConfig struct {
 	// Compression of the image: "none" or "flate-best-speed".
 	Compression string `toml:"compression" json:"compression,omitempty"`
@@ -103,13 +103,16 @@ func (c *Config) Validate() error {
 	if _, err := c.CUDA.LockTimeoutDuration(); err != nil {
 		return err
 	}
-	if c.Root != "" && !filepath.IsAbs(c.Root) {
-		return fmt.Errorf("root %q must be an absolute path", c.Root)
-	}
-	for _, p := range []struct{ key, val string }{{"cuda.toggle_tool", c.CUDA.ToggleTool}, {"cuda.driver_lib_dir", c.CUDA.DriverLibDir}} {
-		if p.val != "" && !filepath.IsAbs(p.val) {
-			return fmt.Errorf("%s %q must be an absolute path", p.key, p.val)
+	// Paths are absolute and without "..": the shim runs in the task's
+	// bundle, next to the container's rootfs, so a relative path would
+	// resolve there.
+	for _, p := range []struct{ key, val string }{{"root", c.Root}, {"cuda.toggle_tool", c.CUDA.ToggleTool}, {"cuda.driver_lib_dir", c.CUDA.DriverLibDir}} {
+		if p.val != "" && (!filepath.IsAbs(p.val) || hasDotDot(p.val)) {
+			return fmt.Errorf("%s %q must be an absolute path without \"..\"", p.key, p.val)
 		}
+	}
+	if b := c.BinaryName; strings.Contains(b, "/") && (!filepath.IsAbs(b) || hasDotDot(b)) {
+		return fmt.Errorf("binary_name %q must be an absolute path without \"..\", or a bare name looked up on PATH", b)
 	}
 	for k := range c.RunscConfig {
 		if k == "" || strings.HasPrefix(k, "-") || strings.ContainsAny(k, "= ") {

@@ -57,10 +57,16 @@ type Service struct {
 	platform  stdio.Platform
 	exits     *process.ExitHub
 	oom       oom.Watcher
-	events    chan any
+	// oomMuter filters the OOM watcher's events (see oommute.go).
+	oomMuter *oomMuter
+	events   chan any
 
 	mu         sync.Mutex
 	containers map[string]*container
+	// shutdownRequested is set when containerd asked the shim to shut down
+	// while it still served containers (a pod's sandbox container deleted
+	// before another); the shim shuts down once the last one is deleted.
+	shutdownRequested bool
 }
 
 var _ taskAPI.TTRPCTaskService = (*Service)(nil)
@@ -72,10 +78,11 @@ func NewService(ctx context.Context, publisher cdshim.Publisher, sd shutdown.Ser
 		w   oom.Watcher
 		err error
 	)
+	muter := newOOMMuter(publisher)
 	if cgroups.Mode() == cgroups.Unified {
-		w, err = oomv2.New(publisher)
+		w, err = oomv2.New(muter)
 	} else {
-		w, err = oomv1.New(publisher)
+		w, err = oomv1.New(muter)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("starting OOM watcher: %w", err)
@@ -93,6 +100,7 @@ func NewService(ctx context.Context, publisher cdshim.Publisher, sd shutdown.Ser
 		platform:   platform,
 		exits:      process.NewExitHub(),
 		oom:        w,
+		oomMuter:   muter,
 		events:     make(chan any, 128),
 		containers: make(map[string]*container),
 	}
@@ -212,6 +220,9 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := checkTerminal(r.Terminal, spec.Process); err != nil {
 		return nil, err
 	}
+	if err := s.repointPodNamespaces(r.Bundle, spec); err != nil {
+		return nil, err
+	}
 	c := &container{
 		id:       r.ID,
 		bundle:   r.Bundle,
@@ -232,6 +243,9 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 	}
 	rt := newRunsc(cfg, s.namespace, r.Bundle, c.gpu != nil, reaper.Default)
+	if o := defaultOverlay2(cfg, spec, r.Rootfs); o != "" {
+		rt.Flags["overlay2"] = o
+	}
 	if err := checkRunsc(ctx, rt); err != nil {
 		return nil, err
 	}
@@ -278,6 +292,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := c.init.Create(ctx); err != nil {
 		return nil, fmt.Errorf("creating container %s: %w", r.ID, err)
 	}
+	c.createdPid = c.init.Pid()
 	return c, nil
 }
 
@@ -296,8 +311,8 @@ func restorePathFromOptions(r *taskAPI.CreateTaskRequest) (string, error) {
 	if path == "" {
 		return "", nil
 	}
-	if !filepath.IsAbs(path) {
-		return "", fmt.Errorf("%w: checkpoint path %q must be absolute", errdefs.ErrInvalidArgument, path)
+	if !filepath.IsAbs(path) || hasDotDot(path) {
+		return "", fmt.Errorf("%w: checkpoint path %q must be absolute, without \"..\"", errdefs.ErrInvalidArgument, path)
 	}
 	return filepath.Clean(path), nil
 }
@@ -390,6 +405,12 @@ func (s *Service) initExited(c *container, p *process.Init, status int) {
 }
 
 func (s *Service) execExited(c *container, e *process.Exec, status int) {
+	if status == runscFailureStatus && !sandboxAlive(c.init.Pid()) {
+		// `runsc exec` lost its sandbox (killed by an exit checkpoint, the
+		// OOM killer, a crash) and exited with runsc's own failure status:
+		// the process died with the sandbox, as if killed.
+		status = 128 + 9
+	}
 	e.SetExited(status)
 	s.publishExit(c, e.ID(), e.Pid(), e.ExitStatus(), e.ExitedAt())
 }
@@ -424,7 +445,11 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	} else {
 		s.mu.Lock()
 		delete(s.containers, r.ID)
+		last := len(s.containers) == 0 && s.shutdownRequested
 		s.mu.Unlock()
+		if last {
+			s.shutdownWhenIdle()
+		}
 		s.send(&eventstypes.TaskDelete{
 			ContainerID: c.id,
 			Pid:         uint32(p.Pid()),
@@ -693,10 +718,31 @@ func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*pt
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.containers) > 0 {
+		s.shutdownRequested = true
 		return empty, nil
 	}
 	s.shutdown.Shutdown()
 	return empty, nil
+}
+
+// shutdownDelay lets the reply to the Delete that removed the last container
+// reach containerd before a requested shutdown ends the shim.
+const shutdownDelay = time.Second
+
+// shutdownWhenIdle shuts the shim down shortly, unless it serves a container
+// again by then: containerd asked for the shutdown earlier, while containers
+// were left (it deletes a pod's containers in no fixed order after a failed
+// restore, and asks only after its sandbox container's delete).
+func (s *Service) shutdownWhenIdle() {
+	go func() {
+		time.Sleep(shutdownDelay)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if len(s.containers) == 0 {
+			log.G(s.ctx).Info("the last container was deleted after containerd asked for a shutdown; shutting down")
+			s.shutdown.Shutdown()
+		}
+	}()
 }
 
 // publishJSON publishes v, as JSON, on a topic of the shim's own; `ctr

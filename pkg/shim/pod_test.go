@@ -1,0 +1,204 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	"github.com/containerd/containerd/v2/core/events"
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/checkpoint"
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/process"
+)
+
+// podSpec returns the spec the CRI gives a pod's container: the sandbox
+// (pause) container when name is "", else an application container.
+func podSpec(sandbox, name string) *specs.Spec {
+	a := map[string]string{annotationSandboxID: sandbox, annotationContainerType: "sandbox"}
+	if name != "" {
+		a[annotationContainerType] = containerTypeContainer
+		a[annotationContainerName] = name
+	}
+	return &specs.Spec{Annotations: a}
+}
+
+// podContainer returns a container in the created state (live) or, with
+// exited, the stopped one.
+func podContainer(id string, spec *specs.Spec, exited bool) *container {
+	c := &container{id: id, spec: spec, init: process.NewInit(process.InitConfig{ID: id})}
+	if exited {
+		c.init.SetExited(0)
+	}
+	return c
+}
+
+func testService(cs ...*container) *Service {
+	s := &Service{containers: map[string]*container{}}
+	for _, c := range cs {
+		s.containers[c.id] = c
+	}
+	return s
+}
+
+func TestCheckPodCheckpoint(t *testing.T) {
+	pause := podContainer("pod", podSpec("pod", ""), false)
+	app := podContainer("app", podSpec("pod", "web"), false)
+	side := podContainer("side", podSpec("pod", "sidecar"), false)
+	initDone := podContainer("init", podSpec("pod", "init"), true)
+	alone := podContainer("alone", &specs.Spec{}, false)
+	otherPause := podContainer("pod2", podSpec("pod2", ""), false)
+	otherApp := podContainer("app2", podSpec("pod2", "db"), false)
+
+	for _, tc := range []struct {
+		name       string
+		s          *Service
+		c          *container
+		exit       bool
+		wantPod    bool
+		wantExited []string
+		wantErr    string
+	}{
+		{name: "standalone", s: testService(alone, pause, app), c: alone},
+		{name: "pause alone", s: testService(pause), c: pause},
+		{name: "pause with an app", s: testService(pause, app), c: pause, wantErr: "checkpoint the pod's application container"},
+		{name: "single app", s: testService(pause, app, otherPause, otherApp), c: app, wantPod: true},
+		{name: "two apps", s: testService(pause, app, side), c: app, wantErr: "sidecar (side)"},
+		{name: "exited init container", s: testService(pause, app, initDone), c: app, wantPod: true, wantExited: []string{"init"}},
+		{name: "exited and live", s: testService(pause, app, initDone, side), c: app, wantErr: "which also runs sidecar (side);"},
+		{name: "exit", s: testService(pause, app), c: app, exit: true, wantErr: "exit checkpoints"},
+		{name: "no pause", s: testService(app), c: app, wantErr: "not served by this shim"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pod, exited, err := tc.s.checkPodCheckpoint(context.Background(), tc.c, checkpointRequest{Exit: tc.exit})
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errors.Is(err, errdefs.ErrFailedPrecondition) {
+					t.Fatalf("err = %v, want FailedPrecondition containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var exitedIDs []string
+			for _, e := range exited {
+				exitedIDs = append(exitedIDs, e.id)
+			}
+			if strings.Join(exitedIDs, ",") != strings.Join(tc.wantExited, ",") {
+				t.Fatalf("exited = %v, want %v", exitedIDs, tc.wantExited)
+			}
+			if (pod != nil) != tc.wantPod {
+				t.Fatalf("pod = %+v, want one: %t", pod, tc.wantPod)
+			}
+			if pod != nil {
+				want := checkpoint.Pod{SandboxID: "pod", Containers: []checkpoint.PodContainer{
+					{ID: "pod", Sandbox: true}, {ID: "app", Name: "web"},
+				}}
+				if pod.SandboxID != want.SandboxID || len(pod.Containers) != 2 || pod.Containers[0] != want.Containers[0] || pod.Containers[1] != want.Containers[1] {
+					t.Fatalf("pod = %+v, want %+v", pod, want)
+				}
+			}
+		})
+	}
+}
+
+func TestCheckPodRestore(t *testing.T) {
+	pod := &checkpoint.Pod{SandboxID: "pod", Containers: []checkpoint.PodContainer{{ID: "pod", Sandbox: true}, {ID: "app", Name: "web"}}}
+	twoApps := &checkpoint.Pod{SandboxID: "pod", Containers: []checkpoint.PodContainer{{ID: "pod", Sandbox: true}, {ID: "a", Name: "a"}, {ID: "b", Name: "b"}}}
+	for _, tc := range []struct {
+		name    string
+		pod     *checkpoint.Pod
+		spec    *specs.Spec
+		wantErr string
+	}{
+		{name: "standalone into standalone", spec: &specs.Spec{}},
+		{name: "standalone into a pod", spec: podSpec("new", "web"), wantErr: "not a pod"},
+		{name: "pod into a pod", pod: pod, spec: podSpec("new", "other-name")},
+		{name: "pod into standalone", pod: pod, spec: &specs.Spec{}, wantErr: "through the CRI"},
+		{name: "pod into a pause container", pod: pod, spec: podSpec("new", ""), wantErr: "through the CRI"},
+		{name: "two apps", pod: twoApps, spec: podSpec("new", "a"), wantErr: "2 application containers"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := checkPodRestore(&checkpoint.Metadata{Pod: tc.pod}, tc.spec)
+			if tc.wantErr == "" && err != nil {
+				t.Fatal(err)
+			}
+			if tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("err = %v, want one containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestRemapName(t *testing.T) {
+	meta := &checkpoint.Metadata{Pod: &checkpoint.Pod{Containers: []checkpoint.PodContainer{{ID: "pod", Sandbox: true}, {ID: "app", Name: "web"}}}}
+
+	same := podSpec("new", "web")
+	if remapName(meta, same) || gvisorName(same) != "web" {
+		t.Fatalf("same name remapped: %v", same.Annotations)
+	}
+	// containerd 2.3's CRI restore names the container "containerd".
+	renamed := podSpec("new", "containerd")
+	renamed.Annotations[annotationNameRemapPrefix+"user"] = "containerd=elsewhere"
+	if !remapName(meta, renamed) {
+		t.Fatal("a renamed container was not remapped")
+	}
+	if got := gvisorName(renamed); got != "web" {
+		t.Fatalf("gvisorName after the remap = %q, want web (annotations %v)", got, renamed.Annotations)
+	}
+	if _, ok := renamed.Annotations[annotationNameRemapPrefix+"user"]; ok {
+		t.Fatal("a conflicting remap of the same name was kept")
+	}
+	if remapName(meta, renamed) {
+		t.Fatal("remapped twice")
+	}
+	if remapName(&checkpoint.Metadata{}, podSpec("new", "x")) {
+		t.Fatal("remapped for a standalone checkpoint")
+	}
+}
+
+func TestRepointNamespaces(t *testing.T) {
+	spec := &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
+		{Type: specs.PIDNamespace, Path: "/proc/100/ns/pid"},
+		{Type: specs.IPCNamespace, Path: "/proc/100/ns/ipc"},
+		{Type: specs.UTSNamespace, Path: "/proc/1000/ns/uts"},
+		{Type: specs.MountNamespace},
+	}}}
+	if !repointNamespaces(spec, 100, 200) {
+		t.Fatal("nothing repointed")
+	}
+	want := []string{"/proc/200/ns/pid", "/proc/200/ns/ipc", "/proc/1000/ns/uts", ""}
+	for i, ns := range spec.Linux.Namespaces {
+		if ns.Path != want[i] {
+			t.Errorf("namespace %s: path %q, want %q", ns.Type, ns.Path, want[i])
+		}
+	}
+	if repointNamespaces(spec, 100, 200) || repointNamespaces(spec, 200, 200) || repointNamespaces(&specs.Spec{}, 1, 2) {
+		t.Fatal("repointed what needed no change")
+	}
+}
+
+type recordingPublisher struct{ topics []string }
+
+func (r *recordingPublisher) Publish(_ context.Context, topic string, _ events.Event) error {
+	r.topics = append(r.topics, topic)
+	return nil
+}
+
+func TestOOMMuter(t *testing.T) {
+	rec := &recordingPublisher{}
+	m := newOOMMuter(rec)
+	ctx := context.Background()
+	m.mute("a", time.Hour)
+	m.mute("b", -time.Second) // already over
+	_ = m.Publish(ctx, "/tasks/oom", &eventstypes.TaskOOM{ContainerID: "a"})
+	_ = m.Publish(ctx, "/tasks/oom", &eventstypes.TaskOOM{ContainerID: "b"})
+	_ = m.Publish(ctx, "/tasks/exit", &eventstypes.TaskExit{ContainerID: "a"})
+	if want := []string{"/tasks/oom", "/tasks/exit"}; strings.Join(rec.topics, ",") != strings.Join(want, ",") {
+		t.Fatalf("published %v, want %v", rec.topics, want)
+	}
+}
