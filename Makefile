@@ -2,7 +2,11 @@
 #
 #   make demo    start a private containerd and checkpoint/restore a container
 #                through the shim (the GPU path when an NVIDIA GPU is present)
-#   make test    unit tests and the end-to-end suite (real containerd, runsc, shim)
+#   make test    unit tests, the end-to-end suite (real containerd, runsc, shim)
+#                and the benchmark's smoke run
+#   make bench   the CPU checkpoint/restore benchmark (docs/benchmarks/)
+#   make soak    200 checkpoint/restore cycles of one workload (docs/reliability.md)
+#   make fuzz    every fuzz target for FUZZTIME (30s) each
 #
 # Everything it needs is built from the Go module proxy at pinned versions
 # (hack/tools.sh) and cached under $(RCUDA_TOOLS).
@@ -23,7 +27,7 @@ CONTAINERD_COMPAT ?= 2.3.7
 RCUDA_TOOLS ?= /var/lib/rcuda-tools
 export RCUDA_TOOLS
 
-.PHONY: all build install tools unit e2e e2e-compat test demo bench bench-smoke soak fuzz lint clean gpu-bundle gpu-dry
+.PHONY: all build install tools unit e2e e2e-compat test demo bench bench-smoke soak fuzz lint clean bundle gpu-bundle gpu-dry bench-gpu-dry
 
 all: build
 
@@ -49,27 +53,74 @@ e2e: tools
 e2e-compat: tools
 	RCUDA_E2E_CONTAINERD=$(CONTAINERD_COMPAT) $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -run 'Compat' -v ./test/e2e/... 2>&1 | tee e2e-compat.log | hack/test-summary.sh
 
-test: lint unit e2e e2e-compat
+test: lint unit e2e e2e-compat bench-smoke
 
-# gpu-bundle collects everything test/e2e/gpu/run.sh needs on a GPU host that
-# has no Go and no network, stripped, and packs it as $(GPU_BUNDLE).tar.xz.
+# bundle collects, stripped, the prebuilt binaries test/e2e/gpu/run.sh and
+# bench/bench.py need on a host that has no Go and no network; gpu-bundle
+# packs them as $(GPU_BUNDLE).tar.xz to carry to a GPU host.
 GPU_BUNDLE ?= .carry/gpu
-gpu-bundle: tools build
+bundle: tools build
 	rm -rf $(GPU_BUNDLE) && mkdir -p $(GPU_BUNDLE)
 	eval "$$(hack/tools.sh env)"; \
 	for b in "$$RCUDA_CONTAINERD_2_4" "$$RCUDA_CTR_2_4" "$$RCUDA_RUNSC"; do strip --strip-all -o $(GPU_BUNDLE)/$$(basename $$b) $$b; done; \
 	cp "$$RCUDA_BUSYBOX" $(GPU_BUNDLE)/busybox
 	cp $(BIN)/containerd-shim-runsc-cuda-v1 $(BIN)/cuda-checkpoint $(GPU_BUNDLE)/
 	$(GOBUILD) -o $(GPU_BUNDLE)/workload ./test/e2e/gpu/workload
+	$(GOBUILD) -o $(GPU_BUNDLE)/workload-cpu ./test/e2e/workload
 	$(GOBUILD) -o $(GPU_BUNDLE)/mkimage ./test/e2e/gpu/mkimage
 	$(GOBUILD) -o $(GPU_BUNDLE)/ckptctl ./test/e2e/cmd/ckptctl
+
+gpu-bundle: bundle
 	tar -C $(dir $(GPU_BUNDLE)) -cf - $(notdir $(GPU_BUNDLE)) | xz -T0 -6 > $(GPU_BUNDLE).tar.xz
 	@ls -la $(GPU_BUNDLE).tar.xz
 
 # gpu-dry runs the GPU scenario without a GPU (host memory instead of device
 # memory, no devices): it tries the scenario's plumbing on any machine.
-gpu-dry: gpu-bundle
+gpu-dry: bundle
 	DRY=1 BIN=$(GPU_BUNDLE) OUT=gpu-dry-results GIBS=0.05 CLONE_GIBS=0.05 test/e2e/gpu/run.sh
+
+# bench runs the CPU benchmark (bench/README.md) and writes
+# docs/benchmarks/cpu-latest.{json,md,svg}; bench-smoke is its cheap CI run
+# (64 MiB, one iteration, figures printed, no timed assertions). The GPU
+# mode runs from the bundle on a GPU host: see bench/README.md.
+BENCH_OUT ?= bench/out
+bench: bundle
+	python3 bench/bench.py run --mode cpu --bin $(GPU_BUNDLE) --out $(BENCH_OUT)/cpu --name cpu-latest --docs docs/benchmarks
+
+bench-smoke: bundle
+	python3 bench/bench.py run --mode cpu --bin $(GPU_BUNDLE) --out $(BENCH_OUT)/smoke --sizes 64M --iterations 1 --disk-gib 1
+
+# bench-gpu-dry tries the GPU mode's plumbing without a GPU (host memory).
+bench-gpu-dry: bundle
+	python3 bench/bench.py run --mode gpu --dry --bin $(GPU_BUNDLE) --out $(BENCH_OUT)/gpu-dry
+
+# soak checkpoints and restores one workload SOAK_CYCLES times and checks its
+# state every cycle (test/e2e/fault TestSoak; `make e2e` runs it with 20).
+SOAK_CYCLES ?= 200
+soak: tools
+	RCUDA_SOAK_CYCLES=$(SOAK_CYCLES) $(GO) test -count=1 -tags e2e -timeout 90m -run '^TestSoak$$' -v ./test/e2e/fault/ 2>&1 | tee soak.log | hack/test-summary.sh
+
+# fuzz runs each fuzz target for FUZZTIME; their seed corpora
+# (testdata/fuzz/<target>/) run as plain tests in `make unit`. A crasher the
+# fuzzer finds is written there too: fix the bug and keep it as a seed.
+FUZZTIME ?= 30s
+FUZZ_TARGETS := \
+	./pkg/checkpoint:FuzzDecodeMetadata \
+	./pkg/shim:FuzzParseOptions \
+	./pkg/shim:FuzzParseOptionsAny \
+	./pkg/shim:FuzzParseCheckpointOptions \
+	./pkg/shim:FuzzParseCheckpointOptionsAny \
+	./pkg/shim:FuzzRestorePath \
+	./cmd/cuda-checkpoint:FuzzParseArgs \
+	./cmd/cuda-checkpoint:FuzzRun \
+	./pkg/cuda/driver:FuzzParseDeviceMap \
+	./pkg/cuda/driver:FuzzParseUUID
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "== $$name ($$pkg) for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
 
 demo: tools build
 	hack/demo.sh
@@ -80,4 +131,4 @@ lint:
 	$(GO) vet -tags e2e ./test/e2e/...
 
 clean:
-	rm -rf $(BIN) e2e.log e2e-compat.log
+	rm -rf $(BIN) e2e.log e2e-compat.log soak.log

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"os"
 	"os/exec"
@@ -71,6 +72,10 @@ type Runsc struct {
 	Flags map[string]string
 	// Monitor starts and waits for commands; nil means plain exec.
 	Monitor Monitor
+	// VersionCacheDir, when set, is a directory where Version keeps what
+	// `runsc --version` said for the binary, for other processes (each
+	// restored container has a shim of its own, which checks the version).
+	VersionCacheDir string
 
 	// version caches Version for the binary file it was read from.
 	version versionCache
@@ -86,10 +91,59 @@ type versionCache struct {
 }
 
 type fileID struct {
-	path  string
-	ino   uint64
-	size  int64
-	mtime int64
+	Path  string `json:"path"`
+	Ino   uint64 `json:"ino"`
+	Size  int64  `json:"size"`
+	Mtime int64  `json:"mtime"`
+}
+
+// cachedVersion is the file VersionCacheDir holds per binary path.
+type cachedVersion struct {
+	File    fileID `json:"file"`
+	Version string `json:"version"`
+}
+
+// versionCacheFile is the cache file of binary path in dir.
+func versionCacheFile(dir, path string) string {
+	h := fnv.New64a()
+	h.Write([]byte(path))
+	return filepath.Join(dir, fmt.Sprintf(".runsc-version-%016x.json", h.Sum64()))
+}
+
+// readCachedVersion returns the version VersionCacheDir holds for id.
+func (r *Runsc) readCachedVersion(id fileID) string {
+	if r.VersionCacheDir == "" {
+		return ""
+	}
+	data, err := os.ReadFile(versionCacheFile(r.VersionCacheDir, id.Path))
+	if err != nil {
+		return ""
+	}
+	var c cachedVersion
+	if json.Unmarshal(data, &c) != nil || c.File != id {
+		return ""
+	}
+	return c.Version
+}
+
+// writeCachedVersion records v for id in VersionCacheDir (atomically; a
+// failure only means the next process asks runsc again).
+func (r *Runsc) writeCachedVersion(id fileID, v string) {
+	if r.VersionCacheDir == "" {
+		return
+	}
+	data, err := json.Marshal(cachedVersion{File: id, Version: v})
+	if err != nil || os.MkdirAll(r.VersionCacheDir, 0o711) != nil {
+		return
+	}
+	f, err := os.CreateTemp(r.VersionCacheDir, ".runsc-version-*.tmp")
+	if err != nil {
+		return
+	}
+	_, werr := f.Write(data)
+	if cerr := f.Close(); werr != nil || cerr != nil || os.Rename(f.Name(), versionCacheFile(r.VersionCacheDir, id.Path)) != nil {
+		os.Remove(f.Name())
+	}
 }
 
 // binaryID identifies the file bin resolves to; ok is false when it cannot
@@ -103,7 +157,7 @@ func binaryID(bin string) (fileID, bool) {
 	if err := unix.Stat(path, &st); err != nil {
 		return fileID{}, false
 	}
-	return fileID{path: path, ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano()}, true
+	return fileID{Path: path, Ino: st.Ino, Size: st.Size, Mtime: st.Mtim.Nano()}, true
 }
 
 // Error is a failed runsc invocation.
@@ -338,6 +392,12 @@ func (r *Runsc) Version(ctx context.Context) (string, error) {
 	if ok && r.version.version != "" && r.version.file == id {
 		return r.version.version, nil
 	}
+	if ok {
+		if v := r.readCachedVersion(id); v != "" {
+			r.version.file, r.version.version = id, v
+			return v, nil
+		}
+	}
 	cmd := exec.CommandContext(ctx, bin, "--version")
 	out, err := r.output(cmd, []string{"--version"})
 	if err != nil {
@@ -345,8 +405,9 @@ func (r *Runsc) Version(ctx context.Context) (string, error) {
 	}
 	line, _, _ := strings.Cut(string(out), "\n")
 	v := strings.TrimSpace(strings.TrimPrefix(line, "runsc version "))
-	if ok {
+	if ok && v != "" {
 		r.version.file, r.version.version = id, v
+		r.writeCachedVersion(id, v)
 	}
 	return v, nil
 }

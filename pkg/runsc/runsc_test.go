@@ -170,3 +170,36 @@ exit 2`)
 		t.Fatalf("err = %v\nwant %s", err, want)
 	}
 }
+
+// With VersionCacheDir, a second wrapper (another shim process) reuses what
+// the first one's runsc said, until the binary changes.
+func TestVersionCacheDirIsShared(t *testing.T) {
+	r, args := fakeRunsc(t, `echo "runsc version one"`)
+	dir := filepath.Join(t.TempDir(), "cache")
+	r.VersionCacheDir = dir
+	if v, err := r.Version(context.Background()); err != nil || v != "one" {
+		t.Fatalf("version = %q, %v", v, err)
+	}
+	other := &Runsc{Binary: r.Binary, VersionCacheDir: dir}
+	if v, err := other.Version(context.Background()); err != nil || v != "one" {
+		t.Fatalf("second wrapper's version = %q, %v", v, err)
+	}
+	data, err := os.ReadFile(args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(data), "--version"); n != 1 {
+		t.Fatalf("runsc --version ran %d times, want 1", n)
+	}
+	script := "#!/bin/sh\necho \"runsc version two, longer\"\n"
+	if err := os.WriteFile(r.Binary+".new", []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(r.Binary+".new", r.Binary); err != nil {
+		t.Fatal(err)
+	}
+	third := &Runsc{Binary: r.Binary, VersionCacheDir: dir}
+	if v, err := third.Version(context.Background()); err != nil || v != "two, longer" {
+		t.Fatalf("version after replacing the binary = %q, %v", v, err)
+	}
+}

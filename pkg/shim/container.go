@@ -185,12 +185,16 @@ func newRunsc(cfg *Config, namespace, bundle string, gpu bool, mon runsc.Monitor
 	if gpu {
 		flags["nvproxy"] = "true"
 	}
+	root := cfg.RunscRoot(namespace)
 	return &runsc.Runsc{
 		Binary:  cfg.BinaryName,
-		Root:    cfg.RunscRoot(namespace),
+		Root:    root,
 		Log:     filepath.Join(bundle, "log.json"),
 		Flags:   flags,
 		Monitor: mon,
+		// Beside the namespaces' runsc roots: a restore's shim checks the
+		// runsc version without running runsc --version again.
+		VersionCacheDir: filepath.Dir(root),
 	}
 }
 
