@@ -5,6 +5,7 @@ package checkpoint
 
 import (
 	"encoding/json"
+	"hash/crc32"
 	"errors"
 	"fmt"
 	"io"
@@ -81,6 +82,9 @@ type PodContainer struct {
 type File struct {
 	Name string `json:"name"`
 	Size int64  `json:"size"`
+	// CRC32C is the file's CRC-32C (Castagnoli), hex, when the checkpoint
+	// was made with checksums (the shim's checkpoint.verify).
+	CRC32C string `json:"crc32c,omitempty"`
 }
 
 // SpecSummary is what runsc compares at restore, kept so a mismatch can be
@@ -251,6 +255,53 @@ func ListFiles(dir string) ([]File, error) {
 // CheckFiles verifies that every file the metadata lists is in dir with its
 // recorded size.
 func (m *Metadata) CheckFiles(dir string) error {
+	return m.checkFiles(dir, false)
+}
+
+// HasChecksums reports whether every file carries a checksum.
+func (m *Metadata) HasChecksums() bool {
+	for _, f := range m.Files {
+		if f.CRC32C == "" {
+			return false
+		}
+	}
+	return len(m.Files) > 0
+}
+
+// Verify is CheckFiles plus the checksums: it reads the whole image, and
+// catches corruption that keeps sizes (runsc keeps no checksum of the
+// memory in uncompressed images).
+func (m *Metadata) Verify(dir string) error {
+	return m.checkFiles(dir, true)
+}
+
+// AddChecksums computes and records the checksum of every file.
+func (m *Metadata) AddChecksums(dir string) error {
+	for i, f := range m.Files {
+		sum, err := Checksum(filepath.Join(dir, f.Name))
+		if err != nil {
+			return err
+		}
+		m.Files[i].CRC32C = sum
+	}
+	return nil
+}
+
+// Checksum returns the hex CRC-32C of a file.
+func Checksum(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := crc32.New(crc32.MakeTable(crc32.Castagnoli))
+	if _, err := io.CopyBuffer(h, f, make([]byte, 4<<20)); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%08x", h.Sum32()), nil
+}
+
+func (m *Metadata) checkFiles(dir string, sums bool) error {
 	for _, f := range m.Files {
 		st, err := os.Stat(filepath.Join(dir, f.Name))
 		if err != nil {
@@ -261,6 +312,15 @@ func (m *Metadata) CheckFiles(dir string) error {
 		}
 		if st.Size() != f.Size {
 			return fmt.Errorf("checkpoint image is damaged: %s is %d bytes, the checkpoint recorded %d", f.Name, st.Size(), f.Size)
+		}
+		if sums && f.CRC32C != "" {
+			sum, err := Checksum(filepath.Join(dir, f.Name))
+			if err != nil {
+				return err
+			}
+			if sum != f.CRC32C {
+				return fmt.Errorf("checkpoint image is damaged: %s has CRC-32C %s, the checkpoint recorded %s", f.Name, sum, f.CRC32C)
+			}
 		}
 	}
 	return nil

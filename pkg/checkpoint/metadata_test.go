@@ -77,3 +77,27 @@ func TestReadRejects(t *testing.T) {
 		t.Fatalf("missing metadata: %v", err)
 	}
 }
+
+func TestChecksums(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "pages.img"), []byte("0123456789"), 0o600)
+	files, _ := ListFiles(dir)
+	m := &Metadata{FormatVersion: FormatVersion, RunscVersion: "v", Files: files}
+	if m.HasChecksums() {
+		t.Fatal("no checksums yet")
+	}
+	if err := m.AddChecksums(dir); err != nil || !m.HasChecksums() {
+		t.Fatalf("AddChecksums: %v %+v", err, m.Files)
+	}
+	if err := m.Verify(dir); err != nil {
+		t.Fatal(err)
+	}
+	// Same size, different content: sizes pass, the checksum does not.
+	os.WriteFile(filepath.Join(dir, "pages.img"), []byte("0123456780"), 0o600)
+	if err := m.CheckFiles(dir); err != nil {
+		t.Fatalf("sizes only: %v", err)
+	}
+	if err := m.Verify(dir); err == nil || !strings.Contains(err.Error(), "has CRC-32C") {
+		t.Fatalf("corruption not caught: %v", err)
+	}
+}

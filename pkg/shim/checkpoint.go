@@ -227,6 +227,11 @@ func (s *Service) checkpoint(ctx context.Context, c *container, req checkpointRe
 	if c.gpu != nil {
 		meta.GPU = c.gpu.facts(ctx, gpuBefore)
 	}
+	if c.config.Checkpoint.Verify {
+		if err := meta.AddChecksums(dir); err != nil {
+			return fmt.Errorf("checksumming the checkpoint image: %w", err)
+		}
+	}
 	meta.Timings = checkpoint.Timings{Runsc: runscDur.Milliseconds(), GPUDiscovery: gpuDur.Milliseconds(), Total: time.Since(start).Milliseconds()}
 	if err := checkpoint.Write(dir, meta); err != nil {
 		return fmt.Errorf("writing checkpoint metadata: %w", err)
@@ -436,7 +441,15 @@ func checkRestore(ctx context.Context, rt *runsc.Runsc, dir string, c *container
 	if err != nil {
 		return nil, fmt.Errorf("%w: cannot restore: %v", errdefs.ErrFailedPrecondition, err)
 	}
-	if err := meta.CheckFiles(dir); err != nil {
+	check := meta.CheckFiles
+	if c.config.Checkpoint.Verify {
+		if meta.HasChecksums() {
+			check = meta.Verify
+		} else {
+			log.G(ctx).WithField("dir", dir).Warn("checkpoint.verify is set but this checkpoint was made without checksums; checking sizes only")
+		}
+	}
+	if err := check(dir); err != nil {
 		return nil, fmt.Errorf("%w: cannot restore from %s: %v", errdefs.ErrFailedPrecondition, dir, err)
 	}
 	version, err := rt.Version(ctx)

@@ -4,6 +4,7 @@ package fault
 
 import (
 	"bytes"
+	"github.com/containerd/errdefs"
 	"io"
 	"os"
 	"path/filepath"
@@ -100,6 +101,46 @@ func TestRestoreCorruptedMemoryImage(t *testing.T) {
 		e.checkNoTrace(cid)
 		e.removeContainer(r.c)
 	}
+
+	ok, err := e.restoreFromPath(p.c, good)
+	if err != nil {
+		t.Fatalf("restore of the undamaged image: %v", err)
+	}
+	checkMemhold(t, ok.out, 0, sum)
+	e.killAndDelete(ok)
+	e.checkNoTrace(id)
+	e.removeContainer(p.c)
+	e.checkNoLeftovers()
+}
+
+// TestRestoreCorruptedMemoryImageVerified is the same damage with the shim's
+// checkpoint.verify: the checkpoint records CRC-32C checksums and the restore
+// refuses the damaged image before anything is created; the undamaged one
+// restores.
+func TestRestoreCorruptedMemoryImageVerified(t *testing.T) {
+	e := setup(t, harness.Options{ShimConfig: "[checkpoint]\nverify = true\n"})
+	id := harness.RandomID("verified")
+	args := []string{"/workload", "memhold", "--mib", "64", "--seed", "37", "--interval", "300ms"}
+	p := e.run(id, args)
+	sum := memholdSum(t, p.out)
+	p.out.WaitFor(t, `^ok sum=`, lineTimeout)
+	good := e.imagePathDir("good")
+	if err := e.checkpointToPath(p, good, true); err != nil {
+		t.Fatal(err)
+	}
+	e.waitExit(p)
+	e.deleteTask(p)
+	checkCompleteImage(t, good)
+
+	bad := e.imagePathDir("bad")
+	copyImage(t, good, bad)
+	scribble(t, filepath.Join(bad, "pages.img"))
+	cid := harness.RandomID("verified-bad")
+	_, err := e.restoreFromPath(e.newContainer(cid, args, nil), bad)
+	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "pages.img has CRC-32C") {
+		t.Fatalf("restore of a damaged image with verify: %v, want FailedPrecondition naming pages.img's checksum", err)
+	}
+	e.checkNoTrace(cid)
 
 	ok, err := e.restoreFromPath(p.c, good)
 	if err != nil {
