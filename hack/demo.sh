@@ -90,11 +90,11 @@ echo "its output so far:"
 sed 's/^/    /' "$LOG1" | tail -4
 
 say "checkpoint it into a containerd image (the task keeps running while containerd packs it)"
+BEFORE=$(grep -E "$PATTERN" "$LOG1" | tail -1)
 t=$(rc_now_ms)
 run "${CTR[@]}" container checkpoint --task --image demo demo-checkpoint:1
 CKPT_MS=$(ms_since "$t")
-BEFORE=$(grep -E "$PATTERN" "$LOG1" | tail -1)
-echo "checkpoint took ${CKPT_MS} ms; last line before the kill: $BEFORE"
+echo "checkpoint took ${CKPT_MS} ms; the last output before it: $BEFORE"
 grep -h 'checkpoint written' "$WORK/containerd.log" | tail -1 | sed 's/.*msg=/    shim: /'
 
 say "kill the container"
@@ -118,7 +118,7 @@ sed 's/^/    /' "$LOG2" | head -4
 AFTER=$(grep -E "$PATTERN" "$LOG2" | head -1)
 
 say "result"
-echo "before the kill: $BEFORE"
-echo "after restore:   $AFTER  (it continues; it did not start over)"
+echo "last output before the checkpoint: $BEFORE"
+echo "first output after the restore:   $AFTER  (it continues from the checkpoint; it did not start over)"
 [ "$GPU" = 1 ] && echo "device memory: $(grep -c 'mismatches=0' "$LOG2") ticks after restore, all with mismatches=0 (bit-exact)"
 echo "timings: checkpoint ${CKPT_MS} ms, restore to first output ${RESTORE_MS} ms"

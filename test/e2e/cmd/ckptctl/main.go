@@ -2,19 +2,24 @@
 // containerd Go client, timing each step, for the GPU scenario and the
 // benchmarks.
 //
-//	ckptctl [global flags] checkpoint [--exit] [--image-path DIR] ID
+//	ckptctl [global flags] checkpoint [--exit] [--image-path DIR] [--rpc | --steps] ID
 //	ckptctl [global flags] restore --log FILE [--wait-output] (REF | --from-path DIR --like ID) NEW_ID
 //
 // checkpoint: task.Checkpoint with runc's CheckpointOptions; without
 // --image-path containerd packs the image into its content store (the ref is
-// printed), with it the image stays a flat directory.
+// printed), with it the image stays a flat directory. --rpc makes only the
+// task service's Checkpoint call (containerd and the shim; no pause, no
+// resume, no rw-layer diff, no image record): the shim's part as containerd
+// sees it. --steps does what task.Checkpoint does, step by step, and times
+// each step (pause, checkpoint call, rw-layer diff, index, image record,
+// resume): where containerd's time goes.
 //
 // restore: a new container whose task is restored, its output going to a
 // log file. From a checkpoint image REF it does what `ctr run --checkpoint`
 // would if ctr 2.4 offered that flag on Linux (it reads it but never defines
 // it), and what `ctr container restore` cannot (it gives the task ctr's own
 // stdio and exits). From a directory (--from-path, as the CRI's
-// RestoreFromPath and runc's CriuImagePath do) it copies the spec and image
+// RestoreFromPath does) it copies the spec and image
 // of the container --like.
 //
 // Each command prints one JSON object of timings in milliseconds.
@@ -22,23 +27,30 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
+	goruntime "runtime"
 	"time"
 
+	"github.com/containerd/containerd/api/services/tasks/v1"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/diff"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/containerd/v2/pkg/rootfs"
 	"github.com/containerd/typeurl/v2"
+	"github.com/opencontainers/go-digest"
+	ocispecs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
@@ -88,11 +100,13 @@ func checkpointCmd(g globals, args []string) error {
 	fs := flag.NewFlagSet("checkpoint", flag.ContinueOnError)
 	exit := fs.Bool("exit", false, "stop the container after the checkpoint")
 	imagePath := fs.String("image-path", "", "write the image to this directory instead of the content store")
+	rpc := fs.Bool("rpc", false, "only the task service's Checkpoint call (no pause, rw diff, image record, resume)")
+	steps := fs.Bool("steps", false, "do what the client's task.Checkpoint does, timing each step")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return errors.New("usage: checkpoint [--exit] [--image-path DIR] ID")
+	if fs.NArg() != 1 || (*rpc && *steps) {
+		return errors.New("usage: checkpoint [--exit] [--image-path DIR] [--rpc | --steps] ID")
 	}
 	ctx, client, err := connect(g)
 	if err != nil {
@@ -107,8 +121,17 @@ func checkpointCmd(g globals, args []string) error {
 	if err != nil {
 		return err
 	}
+	copts := &runcoptions.CheckpointOptions{Exit: *exit, ImagePath: *imagePath}
+	if *rpc || *steps {
+		out, err := checkpointSteps(ctx, client, c, copts, *rpc)
+		if err != nil {
+			return err
+		}
+		printJSON(out)
+		return nil
+	}
 	opts := []containerd.CheckpointTaskOpts{func(i *containerd.CheckpointTaskInfo) error {
-		i.Options = &runcoptions.CheckpointOptions{Exit: *exit, ImagePath: *imagePath}
+		i.Options = copts
 		return nil
 	}}
 	start := time.Now()
@@ -122,6 +145,127 @@ func checkpointCmd(g globals, args []string) error {
 	}
 	printJSON(out)
 	return nil
+}
+
+// checkpointSteps does what the containerd client's task.Checkpoint does
+// (containerd v2.4), timing each step; with rpcOnly, only the task service
+// call. Like the client, it packs the rw layer and records an image even with
+// an image path, which containerd skips for the runc runtime only.
+func checkpointSteps(ctx context.Context, client *containerd.Client, c containerd.Container, opts *runcoptions.CheckpointOptions, rpcOnly bool) (map[string]any, error) {
+	out := map[string]any{}
+	start := time.Now()
+	lap := func(key string, t0 time.Time) { out[key] = time.Since(t0).Milliseconds() }
+	ctx, done, err := client.WithLease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer done(ctx)
+	info, err := c.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	anyOpts, err := typeurl.MarshalAnyToProto(opts)
+	if err != nil {
+		return nil, err
+	}
+	req := &tasks.CheckpointTaskRequest{ContainerID: c.ID(), Options: anyOpts}
+	if rpcOnly {
+		t0 := time.Now()
+		if _, err := client.TaskService().Checkpoint(ctx, req); err != nil {
+			return nil, err
+		}
+		lap("rpc_ms", t0)
+		lap("checkpoint_ms", start)
+		return out, nil
+	}
+	task, err := c.Task(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	st, err := task.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	paused := false
+	if st.Status != containerd.Paused {
+		t0 := time.Now()
+		if err := task.Pause(ctx); err != nil {
+			return nil, err
+		}
+		lap("pause_ms", t0)
+		paused = true
+	}
+	resume := func() error {
+		if !paused {
+			return nil
+		}
+		paused = false
+		t0 := time.Now()
+		err := task.Resume(ctx)
+		lap("resume_ms", t0)
+		return err
+	}
+	defer resume()
+	index := ocispec.Index{Versioned: ocispecs.Versioned{SchemaVersion: 2}, Annotations: map[string]string{}}
+	t0 := time.Now()
+	resp, err := client.TaskService().Checkpoint(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	lap("rpc_ms", t0)
+	for _, d := range resp.Descriptors {
+		index.Manifests = append(index.Manifests, ocispec.Descriptor{
+			MediaType: d.MediaType, Size: d.Size, Digest: digest.Digest(d.Digest), Annotations: d.Annotations,
+			Platform: &ocispec.Platform{OS: goruntime.GOOS, Architecture: goruntime.GOARCH},
+		})
+		if d.MediaType == images.MediaTypeContainerd1Checkpoint {
+			out["packed_bytes"] = d.Size
+		}
+	}
+	if info.Image != "" {
+		im, err := client.ImageService().Get(ctx, info.Image)
+		if err != nil {
+			return nil, err
+		}
+		index.Manifests = append(index.Manifests, im.Target)
+		index.Annotations["image.name"] = info.Image
+	}
+	if info.SnapshotKey != "" {
+		t0 := time.Now()
+		rw, err := rootfs.CreateDiff(ctx, info.SnapshotKey, client.SnapshotService(info.Snapshotter), client.DiffService(),
+			diff.WithReference(fmt.Sprintf("checkpoint-rw-%s", info.SnapshotKey)))
+		if err != nil {
+			return nil, err
+		}
+		lap("rw_diff_ms", t0)
+		out["rw_diff_bytes"] = rw.Size
+		rw.Platform = &ocispec.Platform{OS: goruntime.GOOS, Architecture: goruntime.GOARCH}
+		index.Manifests = append(index.Manifests, rw)
+	}
+	t0 = time.Now()
+	labels := map[string]string{}
+	for i, m := range index.Manifests {
+		labels[fmt.Sprintf("containerd.io/gc.ref.content.%d", i)] = m.Digest.String()
+	}
+	data, err := json.Marshal(index)
+	if err != nil {
+		return nil, err
+	}
+	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageIndex, Digest: digest.FromBytes(data), Size: int64(len(data))}
+	if err := content.WriteBlob(ctx, client.ContentStore(), c.ID(), bytes.NewReader(data), desc, content.WithLabels(labels)); err != nil {
+		return nil, err
+	}
+	name := fmt.Sprintf("containerd.io/checkpoint/%s:%s", c.ID(), time.Now().Format("01-02-2006-15:04:05"))
+	if _, err := client.ImageService().Create(ctx, images.Image{Name: name, Target: desc, Labels: map[string]string{"containerd.io/checkpoint": "true"}}); err != nil {
+		return nil, err
+	}
+	lap("image_ms", t0)
+	if err := resume(); err != nil {
+		return nil, err
+	}
+	lap("checkpoint_ms", start)
+	out["ref"] = name
+	return out, nil
 }
 
 func restoreCmd(g globals, args []string) error {
@@ -161,11 +305,6 @@ func restoreCmd(g globals, args []string) error {
 		if spec, err = src.Spec(ctx); err != nil {
 			return err
 		}
-		path := *fromPath
-		taskOpts = append(taskOpts, func(_ context.Context, _ *containerd.Client, ti *containerd.TaskInfo) error {
-			ti.Options = &runcoptions.Options{CriuImagePath: path}
-			return nil
-		})
 	} else {
 		ckpt, err := client.GetImage(ctx, fs.Arg(0))
 		if err != nil {
@@ -210,18 +349,31 @@ func restoreCmd(g globals, args []string) error {
 		return err
 	}
 	created := time.Now()
-	task, err := c.NewTask(ctx, cio.LogFile(*logPath), taskOpts...)
-	if err != nil {
-		c.Delete(ctx, containerd.WithSnapshotCleanup)
-		return err
+	var taskCreated, started time.Time
+	if *fromPath != "" {
+		// containerd's RestoreFromPath (what the CRI uses): create and start
+		// in one call, with the runtime's own options (runc's CriuImagePath
+		// task option would replace them).
+		if _, err := c.Restore(ctx, cio.LogFile(*logPath), *fromPath); err != nil {
+			c.Delete(ctx, containerd.WithSnapshotCleanup)
+			return err
+		}
+		taskCreated = time.Now()
+		started = taskCreated
+	} else {
+		task, err := c.NewTask(ctx, cio.LogFile(*logPath), taskOpts...)
+		if err != nil {
+			c.Delete(ctx, containerd.WithSnapshotCleanup)
+			return err
+		}
+		taskCreated = time.Now()
+		if err := task.Start(ctx); err != nil {
+			task.Delete(ctx)
+			c.Delete(ctx, containerd.WithSnapshotCleanup)
+			return err
+		}
+		started = time.Now()
 	}
-	taskCreated := time.Now()
-	if err := task.Start(ctx); err != nil {
-		task.Delete(ctx)
-		c.Delete(ctx, containerd.WithSnapshotCleanup)
-		return err
-	}
-	started := time.Now()
 	out := map[string]any{
 		"container_ms":   created.Sub(start).Milliseconds(),
 		"task_create_ms": taskCreated.Sub(created).Milliseconds(),
