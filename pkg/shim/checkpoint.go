@@ -476,6 +476,7 @@ func checkRestore(ctx context.Context, rt *runsc.Runsc, dir string, c *container
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", errdefs.ErrFailedPrecondition, err)
 		}
+		log.G(ctx).WithField("id", c.id).WithField("device_map", deviceMap).Info("GPU restore: device map for the CUDA toggle")
 		setDeviceMap(c.spec, deviceMap)
 		if err := writeSpec(c.bundle, c.spec); err != nil {
 			return nil, err
