@@ -12,7 +12,6 @@ import (
 	"github.com/containerd/console"
 	"github.com/containerd/containerd/v2/pkg/stdio"
 	"github.com/containerd/errdefs"
-	"github.com/containerd/fifo"
 	runc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -122,34 +121,20 @@ func (e *Exec) Start(ctx context.Context) (retErr error) {
 			e.exit.set(255)
 		}
 	}()
-	var socket *runc.Socket
-	sio := e.cfg.Stdio
-	if sio.Terminal {
-		s, err := runc.NewTempConsoleSocket()
-		if err != nil {
-			return fmt.Errorf("creating console socket: %w", err)
-		}
-		defer s.Close()
-		socket = s
-	} else {
-		pio, err := createIO(ctx, e.cfg.ID, e.parent.cfg.IoUID, e.parent.cfg.IoGID, sio)
-		if err != nil {
-			return fmt.Errorf("creating IO for exec %s: %w", e.cfg.ID, err)
-		}
-		e.pio = pio
+	pio, err := newProcIO(ctx, e.cfg.ID, e.parent.cfg.IoUID, e.parent.cfg.IoGID, e.cfg.Stdio)
+	if err != nil {
+		return err
 	}
+	defer pio.closeSocket()
+	e.pio = pio.pio
 	opts := runsc.ExecOpts{
 		PidFile:         filepath.Join(e.dir, e.cfg.ID+".pid"),
 		InternalPidFile: filepath.Join(e.dir, e.cfg.ID+"-internal.pid"),
+		IO:              pio.pipes(),
+		ConsoleSocket:   pio.consoleSocket(),
 	}
 	defer os.Remove(opts.PidFile)
 	defer os.Remove(opts.InternalPidFile)
-	if socket != nil {
-		opts.ConsoleSocket = socket
-	}
-	if e.pio != nil {
-		opts.IO = e.pio.io
-	}
 	window := e.parent.cfg.Exits.Open()
 	if err := e.parent.cfg.Runtime.Exec(ctx, e.parent.cfg.ID, e.cfg.Spec, opts); err != nil {
 		window.Close()
@@ -167,38 +152,17 @@ func (e *Exec) Start(ctx context.Context) (retErr error) {
 		return fmt.Errorf("reading exec internal pid: %w", err)
 	}
 	e.pid, e.internalPid = pid, internalPid
-
-	if sio.Stdin != "" {
-		sc, err := fifo.OpenFifo(context.Background(), sio.Stdin, unix.O_WRONLY|unix.O_NONBLOCK, 0)
-		if err != nil {
-			window.Close()
-			unix.Kill(pid, unix.SIGKILL)
-			return fmt.Errorf("opening stdin fifo %s: %w", sio.Stdin, err)
-		}
-		e.stdin = sc
-		e.closers = append(e.closers, sc)
+	stdin, con, err := pio.attach(ctx, e.cfg.ID, e.parent.cfg.Platform, &e.wg)
+	if err != nil {
+		window.Close()
+		unix.Kill(pid, unix.SIGKILL)
+		return fmt.Errorf("exec %s: %w", e.cfg.ID, err)
 	}
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if socket != nil {
-		master, err := socket.ReceiveMaster()
-		if err == nil {
-			e.console, err = e.parent.cfg.Platform.CopyConsole(cctx, master, e.cfg.ID, sio.Stdin, sio.Stdout, sio.Stderr, &e.wg)
-		}
-		if err != nil {
-			window.Close()
-			unix.Kill(pid, unix.SIGKILL)
-			return fmt.Errorf("setting up exec console: %w", err)
-		}
-	} else if e.pio.copy {
-		// pio.stdio has file:// URIs resolved to paths.
-		ps := e.pio.stdio
-		if err := copyPipes(cctx, e.pio.io, ps.Stdin, ps.Stdout, ps.Stderr, &e.wg); err != nil {
-			window.Close()
-			unix.Kill(pid, unix.SIGKILL)
-			return err
-		}
+	if stdin != nil {
+		e.stdin = stdin
+		e.closers = append(e.closers, stdin)
 	}
+	e.console = con
 	window.Claim(pid, func(status int, _ time.Time) { go e.cfg.OnExit(e, status) })
 	return nil
 }

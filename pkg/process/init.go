@@ -15,7 +15,6 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/pkg/stdio"
 	"github.com/containerd/errdefs"
-	"github.com/containerd/fifo"
 	runc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -125,39 +124,45 @@ func (p *Init) Stdin() io.Closer {
 // Create runs `runsc create`: the sandbox (or, in a pod, the subcontainer)
 // exists afterwards but runs nothing yet.
 func (p *Init) Create(ctx context.Context) (retErr error) {
-	var socket *runc.Socket
-	sio := p.cfg.Stdio
-	if sio.Terminal {
-		s, err := runc.NewTempConsoleSocket()
-		if err != nil {
-			return fmt.Errorf("creating console socket: %w", err)
-		}
-		defer s.Close()
-		socket = s
-	} else {
-		pio, err := createIO(ctx, p.cfg.ID, p.cfg.IoUID, p.cfg.IoGID, sio)
-		if err != nil {
-			return fmt.Errorf("creating IO for %s: %w", p.cfg.ID, err)
-		}
-		p.pio = pio
+	pio, err := newProcIO(ctx, p.cfg.ID, p.cfg.IoUID, p.cfg.IoGID, p.cfg.Stdio)
+	if err != nil {
+		return err
 	}
+	defer pio.closeSocket()
+	p.pio = pio.pio
 	defer func() {
 		if retErr != nil {
 			p.closeIO()
 		}
 	}()
+	var cio runc.IO
+	if !p.cfg.Subcontainer {
+		cio = pio.pipes()
+	}
+	if err := p.createInRunsc(ctx, cio, pio.consoleSocket()); err != nil {
+		return err
+	}
+	stdin, con, err := pio.attach(ctx, p.cfg.ID, p.cfg.Platform, &p.wg)
+	if err != nil {
+		p.destroy(ctx)
+		return err
+	}
+	if stdin != nil {
+		p.stdin = stdin
+		p.closers = append(p.closers, stdin)
+	}
+	p.console = con
+	return nil
+}
 
-	opts := runsc.CreateOpts{PidFile: filepath.Join(p.cfg.Bundle, InitPidFile)}
-	if socket != nil {
-		opts.ConsoleSocket = socket
-	}
-	if p.pio != nil && !p.cfg.Subcontainer {
-		opts.IO = p.pio.io
-	}
+// createInRunsc runs `runsc create` for the container's bundle with the given
+// IO (nil for a subcontainer, which gets its stdio at start) and console
+// socket (nil without a terminal), and records the new sandbox pid.
+func (p *Init) createInRunsc(ctx context.Context, cio runc.IO, socket runc.ConsoleSocket) error {
+	opts := runsc.CreateOpts{PidFile: filepath.Join(p.cfg.Bundle, InitPidFile), IO: cio, ConsoleSocket: socket}
 	window := p.cfg.Exits.Open()
 	if err := p.cfg.Runtime.Create(ctx, p.cfg.ID, p.cfg.Bundle, opts); err != nil {
 		window.Close()
-		// runsc may have left state behind; remove it so nothing leaks.
 		p.destroy(ctx)
 		return err
 	}
@@ -169,38 +174,6 @@ func (p *Init) Create(ctx context.Context) (retErr error) {
 	}
 	p.pid.Store(int64(pid))
 	p.claimSandboxExit(window, pid)
-
-	if sio.Stdin != "" {
-		sc, err := fifo.OpenFifo(context.Background(), sio.Stdin, unix.O_WRONLY|unix.O_NONBLOCK, 0)
-		if err != nil {
-			p.destroy(ctx)
-			return fmt.Errorf("opening stdin fifo %s: %w", sio.Stdin, err)
-		}
-		p.stdin = sc
-		p.closers = append(p.closers, sc)
-	}
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if socket != nil {
-		master, err := socket.ReceiveMaster()
-		if err != nil {
-			p.destroy(ctx)
-			return fmt.Errorf("receiving console master: %w", err)
-		}
-		c, err := p.cfg.Platform.CopyConsole(cctx, master, p.cfg.ID, sio.Stdin, sio.Stdout, sio.Stderr, &p.wg)
-		if err != nil {
-			p.destroy(ctx)
-			return fmt.Errorf("copying console: %w", err)
-		}
-		p.console = c
-	} else if p.pio.copy {
-		// pio.stdio has file:// URIs resolved to paths.
-		ps := p.pio.stdio
-		if err := copyPipes(cctx, p.pio.io, ps.Stdin, ps.Stdout, ps.Stderr, &p.wg); err != nil {
-			p.destroy(ctx)
-			return err
-		}
-	}
 	return nil
 }
 

@@ -15,7 +15,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
+	"github.com/containerd/console"
 	runcproc "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
 	"github.com/containerd/containerd/v2/pkg/stdio"
 	"github.com/containerd/fifo"
@@ -198,4 +200,93 @@ func (c *countingWriteCloser) Close() error {
 		return nil
 	}
 	return c.WriteCloser.Close()
+}
+
+// procIO is the IO of a process being started: a console socket when it has
+// a terminal, else pipes (or nothing).
+type procIO struct {
+	sio    stdio.Stdio
+	socket *runc.Socket
+	pio    *processIO
+}
+
+// newProcIO prepares a process's IO before runsc starts it.
+func newProcIO(ctx context.Context, id string, ioUID, ioGID int, sio stdio.Stdio) (*procIO, error) {
+	p := &procIO{sio: sio}
+	if sio.Terminal {
+		s, err := runc.NewTempConsoleSocket()
+		if err != nil {
+			return nil, fmt.Errorf("creating console socket: %w", err)
+		}
+		p.socket = s
+		return p, nil
+	}
+	pio, err := createIO(ctx, id, ioUID, ioGID, sio)
+	if err != nil {
+		return nil, fmt.Errorf("creating IO for %s: %w", id, err)
+	}
+	p.pio = pio
+	return p, nil
+}
+
+// consoleSocket is what runsc gets as --console-socket (nil without a
+// terminal).
+func (p *procIO) consoleSocket() runc.ConsoleSocket {
+	if p.socket == nil {
+		return nil
+	}
+	return p.socket
+}
+
+// pipes is what runsc gets as stdio (nil with a terminal).
+func (p *procIO) pipes() runc.IO {
+	if p.pio == nil {
+		return nil
+	}
+	return p.pio.io
+}
+
+// closeSocket removes the temporary console socket once runsc has used it.
+func (p *procIO) closeSocket() {
+	if p.socket != nil {
+		p.socket.Close()
+	}
+}
+
+// attach connects a started process's IO with containerd's: the stdin fifo
+// (its writer stays open until CloseIO, so the process sees EOF only then)
+// and the console or the pipe copies, tracked by wg.
+func (p *procIO) attach(ctx context.Context, id string, platform stdio.Platform, wg *sync.WaitGroup) (stdin io.Closer, con console.Console, err error) {
+	if p.sio.Stdin != "" {
+		sc, err := fifo.OpenFifo(context.Background(), p.sio.Stdin, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			return nil, nil, fmt.Errorf("opening stdin fifo %s: %w", p.sio.Stdin, err)
+		}
+		stdin = sc
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	switch {
+	case p.socket != nil:
+		master, err := p.socket.ReceiveMaster()
+		if err == nil {
+			con, err = platform.CopyConsole(cctx, master, id, p.sio.Stdin, p.sio.Stdout, p.sio.Stderr, wg)
+		}
+		if err != nil {
+			if stdin != nil {
+				stdin.Close()
+			}
+			return nil, nil, fmt.Errorf("setting up the console: %w", err)
+		}
+	case p.pio.copy:
+		// pio.stdio has file:// URIs resolved to paths.
+		ps := p.pio.stdio
+		if err := copyPipes(cctx, p.pio.io, ps.Stdin, ps.Stdout, ps.Stderr, wg); err != nil {
+			if stdin != nil {
+				stdin.Close()
+			}
+			return nil, nil, err
+		}
+	}
+	return stdin, con, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -22,28 +21,6 @@ const sandboxGoneTimeout = 10 * time.Second
 // RestoreConfig returns how Start restores the container (nil when it starts
 // it fresh).
 func (p *Init) RestoreConfig() *RestoreConfig { return p.cfg.Restore }
-
-// createInRunsc runs `runsc create` for the container's bundle with the given
-// IO (nil for a subcontainer, which gets its stdio at start) and records the
-// new sandbox pid. Terminals are not handled here.
-func (p *Init) createInRunsc(ctx context.Context, cio runc.IO) error {
-	opts := runsc.CreateOpts{PidFile: filepath.Join(p.cfg.Bundle, InitPidFile), IO: cio}
-	window := p.cfg.Exits.Open()
-	if err := p.cfg.Runtime.Create(ctx, p.cfg.ID, p.cfg.Bundle, opts); err != nil {
-		window.Close()
-		p.destroy(ctx)
-		return err
-	}
-	pid, err := runc.ReadPidFile(opts.PidFile)
-	if err != nil {
-		window.Close()
-		p.destroy(ctx)
-		return fmt.Errorf("reading sandbox pid: %w", err)
-	}
-	p.pid.Store(int64(pid))
-	p.claimSandboxExit(window, pid)
-	return nil
-}
 
 // ReplaceSandbox replaces the running sandbox of a pod's root container with
 // a new one restored from a checkpoint of a whole pod: gVisor restores a pod
@@ -97,7 +74,7 @@ func (p *Init) ReplaceSandbox(ctx context.Context, r RestoreConfig, prepare, joi
 	if err != nil {
 		return err
 	}
-	if err := p.createInRunsc(ctx, nullIO); err != nil {
+	if err := p.createInRunsc(ctx, nullIO, nil); err != nil {
 		nullIO.Close()
 		return fmt.Errorf("creating the pod's new sandbox %s: %w", p.cfg.ID, err)
 	}
@@ -137,7 +114,7 @@ func (p *Init) Recreate(ctx context.Context) error {
 		return fmt.Errorf("removing %s from the old sandbox: %w", p.cfg.ID, err)
 	}
 	p.gen++
-	if err := p.createInRunsc(ctx, nil); err != nil {
+	if err := p.createInRunsc(ctx, nil, nil); err != nil {
 		return fmt.Errorf("creating %s in the pod's new sandbox: %w", p.cfg.ID, err)
 	}
 	return nil

@@ -147,17 +147,13 @@ func TestCompatTTY(t *testing.T) {
 		term.out.WaitFor(t, `^stdin isatty=true$`, startWait)
 		term.out.WaitFor(t, `^stdout isatty=true$`, startWait)
 		term.out.WaitFor(t, `^winsize=30x100$`, startWait)
-		n := term.out.Len()
-		term.resize(t, 40, 120)
-		term.out.WaitForFrom(t, n, `^winsize=40x120$`, exitWait)
+		term.resizeUntilSeen(t, term.out.Len(), 40, 120, exitWait)
 
 		// An exec'd terminal in the same container.
 		exec := startOnPty(ctx, t, e.d, winsize(20, 60), "task", "exec", "-t", "--exec-id", "tty2", id, "/workload", "tty")
 		exec.out.WaitFor(t, `^stdin isatty=true$`, startWait)
 		exec.out.WaitFor(t, `^winsize=20x60$`, startWait)
-		n = exec.out.Len()
-		exec.resize(t, 25, 70)
-		exec.out.WaitForFrom(t, n, `^winsize=25x70$`, exitWait)
+		exec.resizeUntilSeen(t, exec.out.Len(), 25, 70, exitWait)
 		if _, _, err := e.d.Ctr(ctx, "task", "kill", "--exec-id", "tty2", "-s", "SIGKILL", id); err != nil {
 			t.Fatal(err)
 		}

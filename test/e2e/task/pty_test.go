@@ -5,9 +5,11 @@ package task
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"regexp"
 	"syscall"
 	"testing"
 	"time"
@@ -76,6 +78,31 @@ func (p *pty) resize(t *testing.T, h, w uint16) {
 	t.Helper()
 	if err := p.master.Resize(winsize(h, w)); err != nil {
 		t.Fatalf("resize pty: %v", err)
+	}
+}
+
+// resizeUntilSeen resizes the pty until the process prints winsize=HxW.
+// ctr installs its SIGWINCH handler only after its first resize of the
+// task's console, so a resize that arrives before that is lost (ctr does not
+// read the size again); the process's own output is the only proof.
+func (p *pty) resizeUntilSeen(t *testing.T, from int, h, w uint16, timeout time.Duration) {
+	t.Helper()
+	want := regexp.MustCompile(fmt.Sprintf(`^winsize=%dx%d$`, h, w))
+	deadline := time.Now().Add(timeout)
+	for {
+		p.resize(t, h, w)
+		for _, l := range p.out.Lines()[min(from, p.out.Len()):] {
+			if want.MatchString(l) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the process never saw winsize=%dx%d within %v; output so far:\n%s", h, w, timeout, p.out.String())
+		}
+		// Nudge: another size first, so the next resize is a change.
+		time.Sleep(300 * time.Millisecond)
+		p.resize(t, h+1, w+1)
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
