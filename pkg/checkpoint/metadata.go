@@ -5,9 +5,9 @@ package checkpoint
 
 import (
 	"encoding/json"
-	"hash/crc32"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
