@@ -23,9 +23,11 @@ import (
 // workload keeps verifying its files (files-ok, never written again), and every file in
 // both places has the same digest as before the checkpoint.
 //
-// Under gVisor the rootfs changes live in the sandbox's overlay (memory backed by the
-// .gvisor.filestore file in the rootfs), so they travel in the runsc image; the rw layer
-// containerd captures holds only that filestore file, which the shim removes at restore.
+// Under gVisor the rootfs changes live in the sandbox's overlay, so they travel in the
+// runsc image. The shim keeps the overlay's filestore beside the rw layer (runsc
+// --overlay2=root:dir=<snapshot dir>), so the rw layer containerd captures holds nothing
+// of it; with runsc's root:self it would hold the .gvisor.filestore file, which the shim
+// removes at restore.
 func TestCheckpointFilesRootfsAndTmpfs(t *testing.T) {
 	e := setup(t, harness.Options{})
 	id := harness.RandomID("files")

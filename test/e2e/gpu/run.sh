@@ -26,7 +26,8 @@
 #         a static busybox; `make gpu-bundle` builds them on any machine with
 #         Go.
 #   OUT   where results and logs go (default ./gpu-results)
-#   GIBS  device memory sizes to run, in GiB (default "1 8")
+#   GIBS  device memory sizes to run, in GiB (default "1 8"; empty: only the
+#         pre-check, injected-failure and no-CUDA phases)
 #   CLONE_GIBS  sizes that also run the three-clone phase (default "1")
 #   LIBDIR  the host's NVIDIA driver library directory (default: found)
 #   WORK  scratch directory, not under /tmp (default /var/lib/rcuda-gpu)
@@ -38,7 +39,7 @@ set -uo pipefail
 BIN=${BIN:?set BIN to the directory with the binaries (see the header)}
 BIN=$(cd "$BIN" && pwd)
 OUT=${OUT:-$PWD/gpu-results}
-GIBS=${GIBS:-"1 8"}
+GIBS=${GIBS-"1 8"}
 CLONE_GIBS=${CLONE_GIBS:-"1"}
 WORK=${WORK:-/var/lib/rcuda-gpu}
 DRY=${DRY:-0}

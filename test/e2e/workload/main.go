@@ -5,6 +5,7 @@
 //
 //	counter [--interval 100ms] [--start N] [--file F]  count=N every interval; in-memory state only
 //	memhold --mib 256 --seed S [--interval 1s]          ready sum=<hex>, then ok sum=<hex> n=<k> or CORRUPT
+//	        [--heartbeat 20ms]                          and beat n=<k> [gap=<ms> [verify]] every heartbeat
 //	files --dir D --count N [--interval 1s]             written, then files-ok or files-bad <name>
 //	exit --code N [--after 0s]                          exits with code N
 //	sleep [--for D]                                     sleeps for D (default forever)

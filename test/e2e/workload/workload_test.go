@@ -30,6 +30,8 @@ func TestParse(t *testing.T) {
 		{"counter unknown flag", wrap(parseCounter), []string{"--nope"}, nil, true},
 		{"memhold defaults", wrap(parseMemhold), nil, memholdConfig{mib: 256, seed: 1, interval: time.Second}, false},
 		{"memhold all", wrap(parseMemhold), []string{"--mib", "8", "--seed", "7", "--interval", "250ms"}, memholdConfig{mib: 8, seed: 7, interval: 250 * time.Millisecond}, false},
+		{"memhold heartbeat", wrap(parseMemhold), []string{"--mib", "8", "--heartbeat", "20ms"}, memholdConfig{mib: 8, seed: 1, interval: time.Second, heartbeat: 20 * time.Millisecond}, false},
+		{"memhold bad heartbeat", wrap(parseMemhold), []string{"--heartbeat", "-1s"}, nil, true},
 		{"memhold bad mib", wrap(parseMemhold), []string{"--mib", "0"}, nil, true},
 		{"files", wrap(parseFiles), []string{"--dir", "/d", "--count", "3"}, filesConfig{dir: "/d", count: 3, interval: time.Second}, false},
 		{"files no dir", wrap(parseFiles), []string{"--count", "3"}, nil, true},
@@ -168,6 +170,14 @@ func TestMemhold(t *testing.T) {
 	ls := strings.Split(strings.TrimSpace(out), "\n")
 	if len(ls) < 2 || ls[0] != "ready sum="+want || ls[1] != "ok sum="+want+" n=1" {
 		t.Fatalf("output %q, want ready and ok lines with sum %s", out, want)
+	}
+}
+
+func TestMemholdHeartbeat(t *testing.T) {
+	out, _ := runUntil(t, 4, "memhold", "--mib", "1", "--interval", "1h", "--heartbeat", "5ms")
+	ls := strings.Split(strings.TrimSpace(out), "\n")
+	if len(ls) < 4 || !strings.HasPrefix(ls[0], "ready sum=") || ls[1] != "beat n=1" || ls[3] != "beat n=3" {
+		t.Fatalf("output %q, want ready then beat n=1..3", out)
 	}
 }
 

@@ -12,6 +12,10 @@
 //	  --file /workload=./workload --ldd ./workload \
 //	  --ldd /usr/local/nvidia/lib64/libcuda.so.1 --no-copy /usr/local/nvidia/lib64 \
 //	  --cmd /workload
+//
+// --rootfs DIR also writes the image's files into DIR (created if missing),
+// as a plain directory that runsc can use as a container root: the
+// benchmarks run raw runsc on the very files containerd unpacks.
 package main
 
 import (
@@ -45,6 +49,7 @@ func main() {
 func run(args []string) error {
 	fs := flag.NewFlagSet("mkimage", flag.ContinueOnError)
 	out := fs.String("out", "", "output tar")
+	rootfs := fs.String("rootfs", "", "also write the image's files into this directory")
 	ref := fs.String("ref", "localhost/rcuda-gpu:latest", "image reference")
 	busybox := fs.String("busybox", "", "static busybox to include (optional)")
 	cmd := fs.String("cmd", "", "default command, space separated")
@@ -55,8 +60,8 @@ func run(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *out == "" {
-		return errors.New("--out is required")
+	if *out == "" && *rootfs == "" {
+		return errors.New("--out or --rootfs is required")
 	}
 	var bb []byte
 	if *busybox != "" {
@@ -89,6 +94,15 @@ func run(args []string) error {
 			}
 		}
 	}
+	if *rootfs != "" {
+		if err := writeRootfs(*rootfs, img.sorted()); err != nil {
+			return err
+		}
+		fmt.Printf("%s: %d files\n", *rootfs, len(img.files))
+	}
+	if *out == "" {
+		return nil
+	}
 	layout, err := testimage.Layout(*ref, img.sorted(), strings.Fields(*cmd), nil)
 	if err != nil {
 		return err
@@ -98,6 +112,54 @@ func run(args []string) error {
 	}
 	fmt.Printf("%s: %s, %d files, %d bytes\n", *out, *ref, len(img.files), len(layout))
 	return nil
+}
+
+// writeRootfs writes files (sorted, so directories come before their
+// entries) under dir.
+func writeRootfs(dir string, files []testimage.File) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, f := range files {
+		p := filepath.Join(dir, f.Name)
+		switch f.Typ {
+		case tar.TypeDir:
+			if err := os.MkdirAll(p, 0o755); err != nil {
+				return err
+			}
+			if err := os.Chmod(p, os.FileMode(f.Mode&0o777)|modeExtra(f.Mode)); err != nil {
+				return err
+			}
+		case tar.TypeSymlink:
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				return err
+			}
+			if err := os.Symlink(f.Link, p); err != nil && !os.IsExist(err) {
+				return err
+			}
+		case tar.TypeReg:
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				return err
+			}
+			if err := os.WriteFile(p, f.Data, 0o600); err != nil {
+				return err
+			}
+			if err := os.Chmod(p, os.FileMode(f.Mode&0o777)); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("%s: unsupported file type %q", f.Name, f.Typ)
+		}
+	}
+	return nil
+}
+
+// modeExtra maps the sticky bit of a tar mode to Go's.
+func modeExtra(mode int64) os.FileMode {
+	if mode&0o1000 != 0 {
+		return os.ModeSticky
+	}
+	return 0
 }
 
 func skip(path string, dirs []string) bool {
