@@ -16,7 +16,10 @@
 #   3. an injected CUDA toggle failure leaves the workload running with its
 #      CUDA state running;
 #   4. a GPU container with no CUDA process checkpoints and restores like any
-#      other.
+#      other;
+#   5. where the host has PyTorch, a deterministic training loop checkpointed
+#      mid-run; a clone restored from the image prints the same losses as the
+#      original, bit for bit.
 # It prints timings per phase and writes $OUT/results.json.
 #
 # Inputs (environment):
@@ -31,6 +34,9 @@
 #   CLONE_GIBS  sizes that also run the three-clone phase (default "1")
 #   LIBDIR  the host's NVIDIA driver library directory (default: found)
 #   WORK  scratch directory, not under /tmp (default /var/lib/rcuda-gpu)
+#   TORCH auto (default: phase 5 runs when TORCH_PY imports torch and sees a
+#         GPU), 1 (fail if it cannot) or 0 (skip)
+#   TORCH_PY  the python3 that holds PyTorch (default: python3 on PATH)
 #   DRY=1 no GPU: the workload keeps its pattern in host memory and no
 #         devices are passed (tries the plumbing on any machine)
 set -uo pipefail
@@ -43,6 +49,9 @@ GIBS=${GIBS-"1 8"}
 CLONE_GIBS=${CLONE_GIBS:-"1"}
 WORK=${WORK:-/var/lib/rcuda-gpu}
 DRY=${DRY:-0}
+TORCH=${TORCH:-auto}
+TORCH_PY=${TORCH_PY:-$(command -v python3)}
+SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
 IMG=localhost/rcuda-gpu:latest
 INTERVAL=500ms
 mkdir -p "$OUT"
@@ -323,6 +332,64 @@ wait_line "$LN2" '^n=' 60
 first=$(grep -oE '^n=[0-9]+' "$LN2" | head -1 | cut -d= -f2)
 check nocuda-continues test "$first" -eq $((last + 1))
 remove nocuda-r
+
+# 5. PyTorch, where the host has it: a deterministic training loop (GPU
+# image: the host's own root, read-only under runsc's in-memory overlay, so
+# the host's python3 and torch run unchanged), checkpointed while it runs;
+# a clone restored from the image prints, for every step after the
+# checkpoint, exactly the loss and parameter sum the original prints.
+if [ "$DRY" != 1 ] && [ "$TORCH" != 0 ] && [ -n "$TORCH_PY" ] &&
+	"$TORCH_PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
+	log "=== PyTorch ($TORCH_PY)"
+	TCFG=$WORK/runsc-cuda-torch.toml
+	{ cat "$WORK/runsc-cuda.toml"; printf '[runsc_config]\noverlay2 = "root:memory"\n'; } >"$TCFG"
+	TRT=(--runtime io.containerd.runsc-cuda.v1 --runtime-config-path "$TCFG")
+	LT=$OUT/torch.log
+	LT2=$OUT/torch-clone.log
+	TI=$WORK/torch-image
+	step_line() { grep -m1 "^step=$2 " "$1"; }
+	last_step() { grep -oE '^step=[0-9]+' "$1" | tail -1 | cut -d= -f2; }
+	t=$(now_ms)
+	ctr run -d --rootfs "${TRT[@]}" "${DEVICES[@]}" --env HOME=/tmp --env GIB=1 --env CUBLAS_WORKSPACE_CONFIG=:4096:8 \
+		--log-uri "file://$LT" / torch "$TORCH_PY" "$SCRIPT_DIR/torch_workload.py"
+	if wait_line "$LT" '^step=5 ' 300; then
+		timing torch-start-to-step5 1 $(($(now_ms) - t))
+		log "$(head -1 "$LT")"
+		t=$(now_ms)
+		out=$(ctr tasks checkpoint --image-path "$TI" torch 2>&1)
+		timing torch-checkpoint-image-path 1 $(($(now_ms) - t))
+		check torch-checkpoint test -s "$TI/runsc-cuda.json"
+		log "checkpoint: $out $(du -sh "$TI" | cut -f1)"
+		at=$(last_step "$LT")
+		t=$(now_ms)
+		out=$("$BIN/ckptctl" --address "$WORK/c.sock" --namespace "$NS" "${TRT[@]}" restore --log "$LT2" --from-path "$TI" --like torch torch-r 2>&1)
+		log "clone restore: $out"
+		wait_line "$LT2" '^step=' 120
+		timing torch-restore-to-first-step 1 $(($(now_ms) - t))
+		first=$(grep -oE '^step=[0-9]+' "$LT2" | head -1 | cut -d= -f2)
+		log "original at step $at after the checkpoint; the clone's first step: $first"
+		check torch-clone-continues test -n "$first" -a "${first:-0}" -gt 5 -a "${first:-0}" -le $((at + 1))
+		if [ -n "$first" ]; then
+			wait_line "$LT2" "^step=$((first + 10)) " 120
+			wait_line "$LT" "^step=$((first + 10)) " 120
+			same=1
+			for n in $(seq "$first" $((first + 10))); do
+				a=$(step_line "$LT" "$n")
+				b=$(step_line "$LT2" "$n")
+				[ -n "$a" ] && [ "$a" = "$b" ] || { same=0; log "step $n differs: original '$a', clone '$b'"; }
+			done
+			check torch-clone-outputs-identical test "$same" = 1
+			check torch-device-memory-intact test -z "$(grep -h 'ballast=BAD' "$LT" "$LT2")"
+		fi
+	else
+		check torch-start false
+		tail -20 "$LT" | while read -r l; do log "torch: $l"; done
+	fi
+	remove torch-r torch
+	rm -rf "$TI"
+elif [ "$DRY" != 1 ] && [ "$TORCH" = 1 ]; then
+	check torch-available false
+fi
 
 # ---------------------------------------------------------------- results
 grep -hE 'checkpoint written|restored' "$WORK/containerd.log" | sed 's/^.*msg=/msg=/' >"$OUT/shim-timings.txt"

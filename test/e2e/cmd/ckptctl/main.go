@@ -299,8 +299,16 @@ func restoreCmd(g globals, args []string) error {
 		if err != nil {
 			return err
 		}
-		if img, err = src.Image(ctx); err != nil {
+		info, err := src.Info(ctx)
+		if err != nil {
 			return err
+		}
+		// A container made from a directory (`ctr run --rootfs`) has no
+		// image: the clone uses the same directory, through the spec.
+		if info.Image != "" {
+			if img, err = src.Image(ctx); err != nil {
+				return err
+			}
 		}
 		if spec, err = src.Spec(ctx); err != nil {
 			return err
@@ -335,12 +343,11 @@ func restoreCmd(g globals, args []string) error {
 	if g.configPath != "" {
 		ropts = &runtimeoptions.Options{ConfigPath: g.configPath}
 	}
-	opts := []containerd.NewContainerOpts{
-		containerd.WithImage(img),
-		containerd.WithNewSnapshot(id+"-snapshot", img),
-		containerd.WithSpec(spec),
-		containerd.WithRuntime(g.runtime, ropts),
+	var opts []containerd.NewContainerOpts
+	if img != nil {
+		opts = append(opts, containerd.WithImage(img), containerd.WithNewSnapshot(id+"-snapshot", img))
 	}
+	opts = append(opts, containerd.WithSpec(spec), containerd.WithRuntime(g.runtime, ropts))
 	if snapshot != "" {
 		opts = append([]containerd.NewContainerOpts{containerd.WithSnapshotter(snapshot)}, opts...)
 	}
