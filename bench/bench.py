@@ -574,7 +574,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", 
                 if not tok.startswith("--"):
                     break
                 k, _, v = tok[2:].partition("=")
-                if k in ("root", "log", "log-format", "debug-log"):
+                if k in ("root", "shared-root", "log", "log-format", "debug-log"):
                     continue
                 if k == "overlay2" and v.startswith("root:dir="):
                     v = "root:dir=" + os.path.join(self.work, "filestore")

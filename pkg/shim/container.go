@@ -3,6 +3,7 @@ package shim
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/checkpoint"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/process"
@@ -176,8 +178,19 @@ func snapshotDir(rootfs []*typesMount) string {
 	return ""
 }
 
-// newRunsc returns the runsc wrapper for a container.
-func newRunsc(cfg *Config, namespace, bundle string, gpu bool, mon runsc.Monitor) *runsc.Runsc {
+// sandboxID returns the id of the sandbox a container runs in: its pod's
+// (the CRI's sandbox id) for a container joining a pod, its own otherwise.
+func sandboxID(id string, spec *specs.Spec) string {
+	if spec != nil && subcontainer(spec) {
+		if sb := spec.Annotations[annotationSandboxID]; sb != "" {
+			return sb
+		}
+	}
+	return id
+}
+
+// newRunsc returns the runsc wrapper for a container of sandbox sandbox.
+func newRunsc(cfg *Config, namespace, sandbox, bundle string, gpu bool, mon runsc.Monitor) *runsc.Runsc {
 	flags := make(map[string]string, len(cfg.RunscConfig)+1)
 	for k, v := range cfg.RunscConfig {
 		flags[k] = v
@@ -185,16 +198,28 @@ func newRunsc(cfg *Config, namespace, bundle string, gpu bool, mon runsc.Monitor
 	if gpu {
 		flags["nvproxy"] = "true"
 	}
-	root := cfg.RunscRoot(namespace)
+	// What runsc shares across sandboxes (the gofers' pinned empty network
+	// namespace) stays in the namespace's directory, not in each sandbox's.
+	if _, ok := flags["shared-root"]; !ok {
+		flags["shared-root"] = filepath.Join(cfg.RunscBase(), namespace)
+	}
 	return &runsc.Runsc{
 		Binary:  cfg.BinaryName,
-		Root:    root,
+		Root:    cfg.RunscRoot(namespace, sandbox),
 		Log:     filepath.Join(bundle, "log.json"),
 		Flags:   flags,
 		Monitor: mon,
 		// Beside the namespaces' runsc roots: a restore's shim checks the
 		// runsc version without running runsc --version again.
-		VersionCacheDir: filepath.Dir(root),
+		VersionCacheDir: cfg.RunscBase(),
+	}
+}
+
+// removeSandboxRoot removes a sandbox's runsc state directory once runsc
+// holds nothing in it (the last container of the sandbox is gone).
+func removeSandboxRoot(ctx context.Context, rt *runsc.Runsc) {
+	if err := os.Remove(rt.Root); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EEXIST) {
+		log.G(ctx).WithError(err).WithField("root", rt.Root).Warn("removing the sandbox's runsc state directory")
 	}
 }
 

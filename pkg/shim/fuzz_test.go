@@ -58,7 +58,7 @@ func FuzzParseOptions(f *testing.F) {
 			t.Fatalf("accepted config does not validate: %v", err)
 		}
 		checkConfigPaths(t, c)
-		rt := newRunsc(c, "default", "/run/bundle", false, nil)
+		rt := newRunsc(c, "default", "sb", "/run/bundle", false, nil)
 		for _, arg := range rt.GlobalArgs() {
 			name, _, ok := strings.Cut(arg, "=")
 			if !ok || !strings.HasPrefix(name, "--") || strings.HasPrefix(name, "---") || len(name) < 3 {

@@ -215,11 +215,16 @@ func (m *Manager) Stop(ctx context.Context, id string) (cdshim.StopStatus, error
 		log.G(ctx).WithError(err).Warn("reading the shim config from the bundle; using defaults")
 		cfg = &Config{}
 	}
-	rt := newRunsc(cfg, ns, bundle, false, reaper.Default)
+	spec, err := readSpec(bundle)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("reading the bundle's spec; assuming the container is its own sandbox")
+	}
+	rt := newRunsc(cfg, ns, sandboxID(id, spec), bundle, false, reaper.Default)
 	rt.Log = ""
 	if err := rt.Delete(ctx, id, true); err != nil && !runsc.IsNotExist(err) {
 		log.G(ctx).WithError(err).Warn("removing the container from runsc")
 	}
+	removeSandboxRoot(ctx, rt)
 	removeInterruptedCheckpoint(ctx, bundle)
 	if err := mount.UnmountRecursive(filepath.Join(bundle, "rootfs"), 0); err != nil {
 		log.G(ctx).WithError(err).Warn("unmounting rootfs")

@@ -138,13 +138,22 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// RunscRoot returns the runsc state directory for a namespace.
-func (c *Config) RunscRoot(namespace string) string {
-	root := c.Root
-	if root == "" {
-		root = DefaultRoot
+// RunscBase returns the configured runsc state directory (Root or
+// DefaultRoot).
+func (c *Config) RunscBase() string {
+	if c.Root == "" {
+		return DefaultRoot
 	}
-	return filepath.Join(root, namespace)
+	return c.Root
+}
+
+// RunscRoot returns the runsc state directory of one sandbox:
+// <root>/<namespace>/<sandbox id>. Each sandbox has a directory of its own
+// because runsc resolves the container id it is given as a prefix when
+// several are possible and then refuses it as ambiguous: with one shared
+// directory, `runsc kill web` fails while a container "web2" exists.
+func (c *Config) RunscRoot(namespace, sandbox string) string {
+	return filepath.Join(c.RunscBase(), namespace, sandbox)
 }
 
 // decodeConfig parses a TOML config strictly: unknown keys are errors.

@@ -10,6 +10,7 @@ import (
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -48,8 +49,8 @@ lock_timeout = "10s"
 		check   func(*testing.T, *Config)
 	}{
 		{name: "nil without a default file gives defaults", opts: nil, check: func(t *testing.T, c *Config) {
-			if c.RunscRoot("default") != "/run/containerd/runsc-cuda/default" {
-				t.Errorf("root = %s", c.RunscRoot("default"))
+			if c.RunscRoot("default", "sb") != "/run/containerd/runsc-cuda/default/sb" {
+				t.Errorf("root = %s", c.RunscRoot("default", "sb"))
 			}
 		}},
 		{name: "config path", opts: mustAny(t, &runtimeoptions.Options{ConfigPath: good}), check: func(t *testing.T, c *Config) {
@@ -59,8 +60,8 @@ lock_timeout = "10s"
 			if d, _ := c.CUDA.LockTimeoutDuration(); d.Seconds() != 10 {
 				t.Errorf("lock timeout = %v", d)
 			}
-			if c.RunscRoot("k8s.io") != "/run/x/k8s.io" {
-				t.Errorf("root = %s", c.RunscRoot("k8s.io"))
+			if c.RunscRoot("k8s.io", "sb") != "/run/x/k8s.io/sb" {
+				t.Errorf("root = %s", c.RunscRoot("k8s.io", "sb"))
 			}
 		}},
 		{name: "inline body", opts: mustAny(t, &runtimeoptions.Options{ConfigBody: []byte(`binary_name = "/b/runsc"`)}), check: func(t *testing.T, c *Config) {
@@ -144,5 +145,26 @@ func TestBundleConfigRoundTrip(t *testing.T) {
 	got, err := readBundleConfig(dir)
 	if err != nil || got.BinaryName != want.BinaryName || got.RunscConfig["debug"] != "true" {
 		t.Fatalf("got %+v, %v", got, err)
+	}
+}
+
+func TestSandboxID(t *testing.T) {
+	pod := func(typ, sb string) *specs.Spec {
+		return &specs.Spec{Annotations: map[string]string{annotationContainerType: typ, annotationSandboxID: sb}}
+	}
+	for _, tc := range []struct {
+		name string
+		spec *specs.Spec
+		want string
+	}{
+		{"standalone", &specs.Spec{}, "c1"},
+		{"no spec", nil, "c1"},
+		{"pod sandbox", pod("sandbox", "c1"), "c1"},
+		{"pod container", pod(containerTypeContainer, "sb1"), "sb1"},
+		{"pod container without sandbox id", pod(containerTypeContainer, ""), "c1"},
+	} {
+		if got := sandboxID("c1", tc.spec); got != tc.want {
+			t.Errorf("%s: sandboxID = %q, want %q", tc.name, got, tc.want)
+		}
 	}
 }

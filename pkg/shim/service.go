@@ -242,7 +242,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 			return nil, err
 		}
 	}
-	rt := newRunsc(cfg, s.namespace, r.Bundle, c.gpu != nil, reaper.Default)
+	rt := newRunsc(cfg, s.namespace, sandboxID(r.ID, spec), r.Bundle, c.gpu != nil, reaper.Default)
 	if o := defaultOverlay2(cfg, spec, r.Rootfs); o != "" {
 		rt.Flags["overlay2"] = o
 	}
@@ -290,6 +290,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		OnExit:       func(p *process.Init, status int) { s.initExited(c, p, status) },
 	})
 	if err := c.init.Create(ctx); err != nil {
+		removeSandboxRoot(ctx, rt)
 		return nil, fmt.Errorf("creating container %s: %w", r.ID, err)
 	}
 	c.createdPid = c.init.Pid()
@@ -437,6 +438,9 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	}
 	if err := p.Delete(ctx); err != nil {
 		return nil, errgrpc.ToGRPC(err)
+	}
+	if r.ExecID == "" {
+		removeSandboxRoot(ctx, c.init.Runtime())
 	}
 	if r.ExecID != "" {
 		c.mu.Lock()

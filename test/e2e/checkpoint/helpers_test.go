@@ -387,9 +387,10 @@ func dirNames(t *testing.T, dir string) []string {
 	return names
 }
 
-// runsc runs the daemon's runsc against the shim's state root of the test namespace.
-func (e *env) runsc(args ...string) (string, error) {
-	root := filepath.Join(e.d.RunscRoot, e.d.Namespace)
+// runsc runs the daemon's runsc against the shim's state root of sandbox
+// (nsRoot/<sandbox id>; a container that is its own sandbox has its id).
+func (e *env) runsc(sandbox string, args ...string) (string, error) {
+	root := filepath.Join(e.d.RunscRoot, e.d.Namespace, sandbox)
 	ctx, cancel := context.WithTimeout(e.ctx, time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, e.d.Tools.Runsc, append([]string{"--root", root}, args...)...)
@@ -404,9 +405,9 @@ func (e *env) runsc(args ...string) (string, error) {
 // when runsc has no state for it.
 func (e *env) runscStatus(id string) string {
 	e.t.Helper()
-	out, err := e.runsc("list")
+	out, err := e.runsc(id, "list")
 	if err != nil {
-		if _, serr := os.Stat(filepath.Join(e.d.RunscRoot, e.d.Namespace)); os.IsNotExist(serr) {
+		if _, serr := os.Stat(filepath.Join(e.d.RunscRoot, e.d.Namespace, id)); os.IsNotExist(serr) {
 			return ""
 		}
 		e.t.Fatal(err)

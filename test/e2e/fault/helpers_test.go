@@ -15,7 +15,6 @@ package fault
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -341,9 +340,10 @@ func dirNames(t *testing.T, dir string) []string {
 	return names
 }
 
-// runsc runs the daemon's runsc against the shim's state root of the test namespace.
-func (e *env) runsc(args ...string) (string, error) {
-	root := filepath.Join(e.d.RunscRoot, e.d.Namespace)
+// runsc runs the daemon's runsc against the shim's state root of sandbox
+// (nsRoot/<sandbox id>; a container that is its own sandbox has its id).
+func (e *env) runsc(sandbox string, args ...string) (string, error) {
+	root := filepath.Join(e.d.RunscRoot, e.d.Namespace, sandbox)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, e.d.Tools.Runsc, append([]string{"--root", root}, args...)...)
@@ -358,9 +358,9 @@ func (e *env) runsc(args ...string) (string, error) {
 // when runsc has no state for it.
 func (e *env) runscStatus(id string) string {
 	e.t.Helper()
-	out, err := e.runsc("list")
+	out, err := e.runsc(id, "list")
 	if err != nil {
-		if _, serr := os.Stat(filepath.Join(e.d.RunscRoot, e.d.Namespace)); os.IsNotExist(serr) {
+		if _, serr := os.Stat(filepath.Join(e.d.RunscRoot, e.d.Namespace, id)); os.IsNotExist(serr) {
 			return ""
 		}
 		e.t.Fatal(err)
@@ -476,14 +476,12 @@ func (e *env) checkNoLeftovers() {
 		for _, m := range mounts {
 			problems = append(problems, "mount "+m)
 		}
-		entries, err := os.ReadDir(root)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
+		left, err := harness.RunscLeftovers(root)
+		if err != nil {
 			e.t.Fatal(err)
 		}
-		for _, en := range entries {
-			if strings.HasSuffix(en.Name(), ".state") {
-				problems = append(problems, "runsc state "+en.Name())
-			}
+		for _, s := range left {
+			problems = append(problems, "runsc "+s)
 		}
 		bundles, _ := os.ReadDir(filepath.Join(e.d.State, "io.containerd.runtime.v2.task", e.d.Namespace))
 		for _, b := range bundles {

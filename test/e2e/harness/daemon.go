@@ -843,3 +843,43 @@ func joinProcesses(ps []Process) string {
 	}
 	return strings.Join(s, "\n")
 }
+
+// RunscStates lists runsc's container state files under a namespace's runsc
+// directory nsRoot: the shim gives every sandbox a directory of its own
+// (nsRoot/<sandbox id>), in which runsc keeps one <id>_sandbox:<id>.state
+// file per container.
+func RunscStates(nsRoot string) ([]string, error) {
+	var out []string
+	for _, pattern := range []string{"*.state", "*/*.state"} {
+		m, err := filepath.Glob(filepath.Join(nsRoot, pattern))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m...)
+	}
+	return out, nil
+}
+
+// RunscLeftovers lists what runsc or the shim left under nsRoot once no
+// container exists: state files and sandbox directories (the shim removes a
+// sandbox's directory with its last container). runsc's null-netns pin and
+// its lock files stay for the life of the directory and are not listed.
+func RunscLeftovers(nsRoot string) ([]string, error) {
+	out, err := RunscStates(nsRoot)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(nsRoot)
+	if errors.Is(err, os.ErrNotExist) {
+		return out, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			out = append(out, "sandbox directory "+filepath.Join(nsRoot, e.Name()))
+		}
+	}
+	return out, nil
+}

@@ -77,7 +77,9 @@ func TestCompatConfig(t *testing.T) {
 				return p.Cmdline[0] == customRunsc && slices.Contains(p.Cmdline, "wait")
 			})
 			assertProcess(t, procs, "sandbox on the ptrace platform with the custom root", func(p harness.Process) bool {
-				return p.Cmdline[0] == "runsc-sandbox" && slices.Contains(p.Cmdline, "--platform=ptrace") && slices.Contains(p.Cmdline, "--root="+filepath.Join(root, ns))
+				return p.Cmdline[0] == "runsc-sandbox" && slices.Contains(p.Cmdline, "--platform=ptrace") &&
+					slices.ContainsFunc(p.Cmdline, func(a string) bool { return strings.HasPrefix(a, "--root="+filepath.Join(root, ns)+"/") }) &&
+					slices.Contains(p.Cmdline, "--shared-root="+filepath.Join(root, ns))
 			})
 		})
 		for _, kind := range []string{"create", "boot", "gofer", "start"} {

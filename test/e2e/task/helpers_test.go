@@ -4,7 +4,6 @@ package task
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -369,8 +368,12 @@ func waitNoLeftovers(t *testing.T, d *harness.Daemon, runscRoots ...string) {
 			}
 		}
 		for _, root := range runscRoots {
-			for _, s := range runscState(t, root) {
-				problems = append(problems, "runsc state "+s)
+			left, err := harness.RunscLeftovers(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range left {
+				problems = append(problems, "runsc "+s)
 			}
 		}
 		if len(problems) == 0 {
@@ -394,18 +397,9 @@ func isNullNetNS(m string) bool { return filepath.Base(m) == "null-netns" }
 // null-netns pin.
 func runscState(t *testing.T, root string) []string {
 	t.Helper()
-	entries, err := os.ReadDir(root)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
+	out, err := harness.RunscStates(root)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var out []string
-	for _, e := range entries {
-		if strings.HasSuffix(e.Name(), ".state") {
-			out = append(out, filepath.Join(root, e.Name()))
-		}
 	}
 	return out
 }
