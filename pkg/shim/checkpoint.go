@@ -191,7 +191,7 @@ func (s *Service) checkpoint(ctx context.Context, c *container, req checkpointRe
 	log.G(ctx).WithField("id", c.id).WithField("args", opts.Args(c.id)).Info("checkpointing")
 	t0 := time.Now()
 	if err := rt.Checkpoint(ctx, c.id, opts); err != nil {
-		return fmt.Errorf("checkpoint of %s failed: %w", c.id, err)
+		return fmt.Errorf("checkpoint of %s failed: %w%s", c.id, err, untoggledCUDAHint(c.gpu, err))
 	}
 	runscDur := time.Since(t0)
 
@@ -279,6 +279,20 @@ func stopAfterExitCheckpoint(ctx context.Context, c *container) {
 	if err := c.init.Wait(wctx); err != nil {
 		log.G(ctx).WithError(err).WithField("id", c.id).Warn("the container's exit after the exit checkpoint was not recorded in time")
 	}
+}
+
+// untoggledCUDAHint explains runsc's error for a process whose CUDA state
+// was not toggled off before the save: runsc skips, with only a warning in
+// its log, every process for which the toggle tool cannot run or answer
+// --get-state, and the save then meets the process's device mappings.
+func untoggledCUDAHint(g *gpuSetup, err error) string {
+	if !strings.Contains(err.Error(), "nvproxy.frontendFDMemmapFile") {
+		return ""
+	}
+	if g == nil {
+		return "; a process holds NVIDIA device memory but the container was not detected as a GPU container, so no CUDA checkpoint ran: give it its GPUs as devices (or CDI) so the shim enables the toggle"
+	}
+	return fmt.Sprintf("; a CUDA process was not toggled before the save: runsc skips processes for which the toggle tool (%s in the container) fails to run or to report --get-state (runsc's debug log says why); check that `%s --get-state --pid <pid>` runs inside the container (`ctr task exec`)", g.toolInContainer, g.toolInContainer)
 }
 
 func compressionOrDefault(c string) string {

@@ -2,10 +2,12 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -104,5 +106,19 @@ func TestPrepareGPUErrors(t *testing.T) {
 				t.Fatalf("err = %v, want FailedPrecondition", err)
 			}
 		})
+	}
+}
+
+func TestUntoggledCUDAHint(t *testing.T) {
+	pma := errors.New("checkpoint failed: encoding error: Can't save pma with non-MemoryFile of type *nvproxy.frontendFDMemmapFile")
+	if h := untoggledCUDAHint(nil, errors.New("disk full")); h != "" {
+		t.Errorf("hint for an unrelated error: %q", h)
+	}
+	if h := untoggledCUDAHint(nil, pma); !strings.Contains(h, "not detected as a GPU container") {
+		t.Errorf("hint without GPU setup: %q", h)
+	}
+	g := &gpuSetup{toolInContainer: "/.runsc-cuda/cuda-checkpoint"}
+	if h := untoggledCUDAHint(g, pma); !strings.Contains(h, "/.runsc-cuda/cuda-checkpoint --get-state --pid") {
+		t.Errorf("hint with GPU setup: %q", h)
 	}
 }

@@ -333,27 +333,35 @@ first=$(grep -oE '^n=[0-9]+' "$LN2" | head -1 | cut -d= -f2)
 check nocuda-continues test "$first" -eq $((last + 1))
 remove nocuda-r
 
-# 5. PyTorch, where the host has it: a deterministic training loop (GPU
-# image: the host's own root, read-only under runsc's in-memory overlay, so
-# the host's python3 and torch run unchanged), checkpointed while it runs;
-# a clone restored from the image prints, for every step after the
-# checkpoint, exactly the loss and parameter sum the original prints.
+# 5. PyTorch, where the host has it: a deterministic training loop,
+# checkpointed while it runs; a clone restored from the image prints, for
+# every step after the checkpoint, exactly the loss and parameter sum the
+# original prints. The container is the scenario's image with the host's
+# /usr, /lib, /lib64, /etc and /opt bound read-only over it, so the host's
+# python3 and torch run unchanged. (Not the host's / as the rootfs: there
+# runsc shows the shim's bind mount of the toggle tool as an empty file,
+# "exec format error", runsc skips the toggle and the save fails on the
+# process's device mappings; seen on the H200 on 2026-11-29.)
 if [ "$DRY" != 1 ] && [ "$TORCH" != 0 ] && [ -n "$TORCH_PY" ] &&
 	"$TORCH_PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
 	log "=== PyTorch ($TORCH_PY)"
 	TCFG=$WORK/runsc-cuda-torch.toml
 	# runsc's debug log (the sandbox's own account of the CUDA toggles) only
 	# for this container.
-	{ cat "$WORK/runsc-cuda.toml"; printf '[runsc_config]\noverlay2 = "root:memory"\ndebug = "true"\ndebug-log = "%s/"\n' "$WORK/runsc-debug"; } >"$TCFG"
+	{ cat "$WORK/runsc-cuda.toml"; printf '[runsc_config]\ndebug = "true"\ndebug-log = "%s/"\n' "$WORK/runsc-debug"; } >"$TCFG"
 	TRT=(--runtime io.containerd.runsc-cuda.v1 --runtime-config-path "$TCFG")
+	TMOUNTS=(--mount "type=bind,src=$SCRIPT_DIR,dst=/rcuda-test,options=rbind:ro")
+	for d in /usr /lib /lib64 /etc /opt; do
+		[ -e "$d" ] && TMOUNTS+=(--mount "type=bind,src=$(readlink -f "$d"),dst=$d,options=rbind:ro")
+	done
 	LT=$OUT/torch.log
 	LT2=$OUT/torch-clone.log
 	TI=$WORK/torch-image
 	step_line() { grep -m1 "^step=$2 " "$1"; }
 	last_step() { grep -oE '^step=[0-9]+' "$1" | tail -1 | cut -d= -f2; }
 	t=$(now_ms)
-	ctr run -d --rootfs "${TRT[@]}" "${DEVICES[@]}" --env HOME=/tmp --env GIB=1 --env CUBLAS_WORKSPACE_CONFIG=:4096:8 \
-		--log-uri "file://$LT" / torch "$TORCH_PY" "$SCRIPT_DIR/torch_workload.py"
+	ctr run -d "${TRT[@]}" "${DEVICES[@]}" "${TMOUNTS[@]}" --env HOME=/tmp --env GIB=1 --env CUBLAS_WORKSPACE_CONFIG=:4096:8 \
+		--log-uri "file://$LT" "$IMG" torch "$TORCH_PY" /rcuda-test/torch_workload.py
 	if wait_line "$LT" '^step=5 ' 300; then
 		timing torch-start-to-step5 1 $(($(now_ms) - t))
 		log "$(head -1 "$LT")"
