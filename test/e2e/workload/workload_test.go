@@ -144,7 +144,10 @@ func runUntil(t *testing.T, n int, args ...string) (string, int) {
 		}
 	}
 	cancel()
-	return out.String(), <-done
+	// The command may print and record one more line before it sees the
+	// cancellation: read the output once it has returned.
+	code := <-done
+	return out.String(), code
 }
 
 func TestCounter(t *testing.T) {
