@@ -265,6 +265,8 @@ def markdown(res):
         L.append("- Physical reference: " + "; ".join(refs))
     if res.get("nvidia_cuda_checkpoint"):
         L.append("- NVIDIA cuda-checkpoint: %s" % res["nvidia_cuda_checkpoint"])
+    elif res.get("mode") == "gpu" and not res.get("dry"):
+        L.append("- NVIDIA cuda-checkpoint: not on this host (not on PATH, no --nvidia-cuda-checkpoint), so the toggle tools were not compared")
     L.append("")
     L.append("Medians (min–max over iterations where there are several). Every checkpoint leaves the container running "
              "(`--leave-running`, as the shim always asks runsc); every restore is a new container beside the original. "
