@@ -5,6 +5,7 @@ package checkpoint
 import (
 	"testing"
 
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/ckenv"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/harness"
 
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
@@ -22,22 +23,22 @@ import (
 func TestCompatCheckpointRestoreCounter(t *testing.T) {
 	e := setup(t, harness.Options{})
 	id := harness.RandomID("counter")
-	p := e.run(id, []string{"/workload", "counter", "--interval", "100ms"})
-	waitCount(t, p.out, 0, 5)
-	lo := lastCount(p.out)
+	p := e.Run(id, []string{"/workload", "counter", "--interval", "100ms"})
+	ckenv.WaitCount(t, p.Out, 0, 5)
+	lo := ckenv.LastCount(p.Out)
 
-	img, err := p.task.Checkpoint(e.ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":exit"),
-		withCheckpointOptions(&runcoptions.CheckpointOptions{Exit: true}))
+	img, err := p.Task.Checkpoint(e.Ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":exit"),
+		ckenv.WithCheckpointOptions(&runcoptions.CheckpointOptions{Exit: true}))
 	if err != nil {
 		t.Fatalf("checkpoint: %v", err)
 	}
 	// Exit: the container stopped after the checkpoint, killed like after runc's
 	// CRIU dump.
-	if code := e.waitExit(p); code != 137 {
+	if code := e.WaitExit(p); code != 137 {
 		t.Errorf("exit status after the exit checkpoint %d, want 137", code)
 	}
-	e.deleteTask(p)
-	hi := lastCount(p.out)
+	e.DeleteTask(p)
+	hi := ckenv.LastCount(p.Out)
 
 	hdrs, meta := e.checkpointLayer(img)
 	checkFlatLayer(t, hdrs, meta)
@@ -47,28 +48,28 @@ func TestCompatCheckpointRestoreCounter(t *testing.T) {
 
 	// Create validates and creates; the restore itself runs at Start.
 	out := harness.NewLineBuffer()
-	task, err := p.c.NewTask(e.ctx, e.d.IO(nil, out, out), containerd.WithTaskCheckpoint(img))
+	task, err := p.C.NewTask(e.Ctx, e.D.IO(nil, out, out), containerd.WithTaskCheckpoint(img))
 	if err != nil {
 		t.Fatalf("create from checkpoint: %v", err)
 	}
-	if st, err := task.Status(e.ctx); err != nil || st.Status != containerd.Created {
+	if st, err := task.Status(e.Ctx); err != nil || st.Status != containerd.Created {
 		t.Fatalf("task created from a checkpoint is %v (%v), want created until Start", st.Status, err)
 	}
-	if s := e.runscStatus(id); s != "created" {
+	if s := e.RunscStatus(id); s != "created" {
 		t.Fatalf("runsc reports %q before Start, want created", s)
 	}
-	exitC, err := task.Wait(e.ctx)
+	exitC, err := task.Wait(e.Ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := task.Start(e.ctx); err != nil {
+	if err := task.Start(e.Ctx); err != nil {
 		t.Fatalf("start (restore): %v", err)
 	}
-	r := &proc{c: p.c, task: task, out: out, exitC: exitC}
-	checkContinues(t, r.out, lo, hi)
-	if len(counts(r.out.Lines())) == 0 || r.out.Lines()[0] == "count=0" {
-		t.Fatalf("restored output starts with %q", r.out.Lines())
+	r := &proc{C: p.C, Task: task, Out: out, ExitC: exitC}
+	checkContinues(t, r.Out, lo, hi)
+	if len(ckenv.Counts(r.Out.Lines())) == 0 || r.Out.Lines()[0] == "count=0" {
+		t.Fatalf("restored output starts with %q", r.Out.Lines())
 	}
-	e.killAndDelete(r)
-	e.checkNoTrace(id)
+	e.KillAndDelete(r)
+	e.CheckNoTrace(id)
 }

@@ -15,16 +15,17 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/ckenv"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/harness"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/testimage"
 )
 
 // ctr runs ctr and fails the test on error.
 func (e *env) ctr(args ...string) string {
-	e.t.Helper()
-	out, _, err := e.d.Ctr(e.ctx, args...)
+	e.T.Helper()
+	out, _, err := e.D.Ctr(e.Ctx, args...)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	return out
 }
@@ -38,34 +39,34 @@ func fileCounts(t *testing.T, path string) []int {
 		t.Fatal(err)
 	}
 	_, _ = lb.Write(data)
-	return counts(lb.Lines())
+	return ckenv.Counts(lb.Lines())
 }
 
 // taskStatus returns containerd's status of id's task.
 func (e *env) taskStatus(id string) containerd.ProcessStatus {
-	e.t.Helper()
-	c, err := e.client.LoadContainer(e.ctx, id)
+	e.T.Helper()
+	c, err := e.Client.LoadContainer(e.Ctx, id)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
-	task, err := c.Task(e.ctx, nil)
+	task, err := c.Task(e.Ctx, nil)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
-	st, err := task.Status(e.ctx)
+	st, err := task.Status(e.Ctx)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	return st.Status
 }
 
 // execCount reads the counter's --file through `ctr task exec`.
 func (e *env) execCount(id string) int {
-	e.t.Helper()
+	e.T.Helper()
 	out := e.ctr("task", "exec", "--exec-id", harness.RandomID("cat"), id, "/bin/cat", "/tmp/count")
 	n, err := strconv.Atoi(strings.TrimSpace(out))
 	if err != nil {
-		e.t.Fatalf("cat /count in %s printed %q", id, out)
+		e.T.Fatalf("cat /count in %s printed %q", id, out)
 	}
 	return n
 }
@@ -81,10 +82,10 @@ func (e *env) execCount(id string) int {
 // count is read from the counter's --file through `ctr task exec`, and keeps growing.
 func TestCompatCtrCheckpointRestore(t *testing.T) {
 	e := setup(t, harness.Options{})
-	rt := e.d.CtrRuntimeArgs()
+	rt := e.D.CtrRuntimeArgs()
 	args := []string{"/workload", "counter", "--interval", "100ms", "--file", "/tmp/count"}
 	id := harness.RandomID("ctr")
-	logA := filepath.Join(e.d.Dir, "logs", id+".log")
+	logA := filepath.Join(e.D.Dir, "logs", id+".log")
 	e.ctr(append(append(append([]string{"run", "-d"}, rt...), "--log-uri", "file://"+logA, testimage.Ref, id), args...)...)
 	harness.WaitForFileLine(t, logA, `^count=5$`, startTimeout)
 
@@ -105,27 +106,27 @@ func TestCompatCtrCheckpointRestore(t *testing.T) {
 	exitRef := strings.TrimSpace(e.ctr("task", "checkpoint", "--exit", id))
 	waitStopped(e, id)
 	e.ctr("task", "rm", id)
-	e.checkNoTrace(id)
+	e.CheckNoTrace(id)
 	hi := fileCounts(t, logA)
 	t.Logf("images: %s (leave running), %s (exit)", live, exitRef)
 
 	// `ctr run --checkpoint` would restore it, but ctr 2.4.2 and 2.3.7 define no such
 	// flag (run.go still reads cmd.String("checkpoint")); do what it would do: a new
 	// task of the container, WithTaskCheckpoint, its output to a log file.
-	img, err := e.client.GetImage(e.ctx, exitRef)
+	img, err := e.Client.GetImage(e.Ctx, exitRef)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := e.client.LoadContainer(e.ctx, id)
+	c, err := e.Client.LoadContainer(e.Ctx, id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	logB := filepath.Join(e.d.Dir, "logs", id+"-restored.log")
-	task, err := c.NewTask(e.ctx, cio.LogFile(logB), containerd.WithTaskCheckpoint(img))
+	logB := filepath.Join(e.D.Dir, "logs", id+"-restored.log")
+	task, err := c.NewTask(e.Ctx, cio.LogFile(logB), containerd.WithTaskCheckpoint(img))
 	if err != nil {
 		t.Fatalf("restore of the `ctr task checkpoint --exit` image: %v", err)
 	}
-	if err := task.Start(e.ctx); err != nil {
+	if err := task.Start(e.Ctx); err != nil {
 		t.Fatal(err)
 	}
 	first := harness.WaitForFileLine(t, logB, `^count=\d+$`, startTimeout)
@@ -144,7 +145,7 @@ func TestCompatCtrCheckpointRestore(t *testing.T) {
 	waitStopped(e, id2)
 	e.ctr("task", "rm", id2)
 	e.ctr("container", "rm", id2)
-	e.checkNoTrace(id2)
+	e.CheckNoTrace(id2)
 
 	e.ctr("container", "restore", "--live", "--rw", id2, ref3)
 	if st := e.taskStatus(id2); st != containerd.Running {
@@ -165,7 +166,7 @@ func TestCompatCtrCheckpointRestore(t *testing.T) {
 	e.ctr("task", "kill", "-s", "SIGKILL", id2)
 	waitStopped(e, id2)
 	e.ctr("task", "rm", id2)
-	e.checkNoTrace(id2)
+	e.CheckNoTrace(id2)
 }
 
 // checkRange fails unless a restored counter's first value lies in [lo, hi+1].
@@ -179,24 +180,24 @@ func checkRange(t *testing.T, first, lo, hi int) {
 
 // waitStopped waits until id's task has stopped.
 func waitStopped(e *env, id string) {
-	e.t.Helper()
-	c, err := e.client.LoadContainer(e.ctx, id)
+	e.T.Helper()
+	c, err := e.Client.LoadContainer(e.Ctx, id)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
-	task, err := c.Task(e.ctx, nil)
+	task, err := c.Task(e.Ctx, nil)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(e.ctx, startTimeout)
+	ctx, cancel := context.WithTimeout(e.Ctx, startTimeout)
 	defer cancel()
 	statusC, err := task.Wait(ctx)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	select {
 	case <-statusC:
 	case <-ctx.Done():
-		e.t.Fatalf("task %s did not stop", id)
+		e.T.Fatalf("task %s did not stop", id)
 	}
 }

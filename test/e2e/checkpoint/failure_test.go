@@ -17,23 +17,24 @@ import (
 	"golang.org/x/sys/unix"
 
 	ckpt "github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/checkpoint"
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/ckenv"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/harness"
 )
 
 // mountTinyTmpfs mounts a tmpfs of size bytes at a new directory under the daemon's
 // directory and unmounts it when the test ends.
 func (e *env) mountTinyTmpfs(size string) string {
-	e.t.Helper()
-	dir := e.imagePathDir("tiny")
+	e.T.Helper()
+	dir := e.ImagePathDir("tiny")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "size="+size); err != nil {
-		e.t.Fatalf("mount tmpfs at %s: %v", dir, err)
+		e.T.Fatalf("mount tmpfs at %s: %v", dir, err)
 	}
-	e.t.Cleanup(func() {
+	e.T.Cleanup(func() {
 		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
-			e.t.Errorf("unmount %s: %v", dir, err)
+			e.T.Errorf("unmount %s: %v", dir, err)
 		}
 	})
 	return dir
@@ -47,40 +48,40 @@ func (e *env) mountTinyTmpfs(size string) string {
 func TestCheckpointFailureDiskFull(t *testing.T) {
 	e := setup(t, harness.Options{})
 	id := harness.RandomID("full")
-	p := e.run(id, counterArgs)
-	waitCount(t, p.out, 0, 2)
+	p := e.Run(id, counterArgs)
+	ckenv.WaitCount(t, p.Out, 0, 2)
 	tiny := e.mountTinyTmpfs("1m")
 	for _, exit := range []bool{true, false} {
 		name := map[bool]string{true: "exit", false: "leave-running"}[exit]
 		t.Run(name, func(t *testing.T) {
 			e := e.sub(t)
 			dir := filepath.Join(tiny, name)
-			_, err := p.task.Checkpoint(e.ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":"+name),
-				withCheckpointOptions(&runcoptions.CheckpointOptions{Exit: exit, ImagePath: dir}))
+			_, err := p.Task.Checkpoint(e.Ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":"+name),
+				ckenv.WithCheckpointOptions(&runcoptions.CheckpointOptions{Exit: exit, ImagePath: dir}))
 			if err == nil {
-				t.Fatalf("checkpoint into a full 1 MiB tmpfs succeeded: %v", dirNames(t, dir))
+				t.Fatalf("checkpoint into a full 1 MiB tmpfs succeeded: %v", ckenv.DirNames(t, dir))
 			}
 			t.Logf("checkpoint error: %v", err)
 			msg := strings.ToLower(err.Error())
 			if !strings.Contains(msg, "checkpoint") || !strings.Contains(msg, "keeps running") || !strings.Contains(msg, "no space left") {
 				t.Errorf("error %q does not say that the checkpoint failed, that the container keeps running, and why (no space left)", err)
 			}
-			if names := dirNames(t, dir); len(names) > 0 {
+			if names := ckenv.DirNames(t, dir); len(names) > 0 {
 				t.Errorf("failed checkpoint left %v in %s", names, dir)
 			}
-			e.checkRunning(p)
+			e.CheckRunning(p)
 		})
 	}
-	lo := lastCount(p.out)
-	img, err := p.task.Checkpoint(e.ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":ok"))
+	lo := ckenv.LastCount(p.Out)
+	img, err := p.Task.Checkpoint(e.Ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":ok"))
 	if err != nil {
 		t.Fatalf("checkpoint after the failed ones: %v", err)
 	}
-	e.checkRunning(p)
+	e.CheckRunning(p)
 	cloneID := harness.RandomID("full-clone")
-	clone := e.startTask(e.newContainer(cloneID, counterArgs, nil), containerd.WithTaskCheckpoint(img))
-	checkContinuesFrom(t, clone.out, p.out, lo)
-	e.killAndDelete(clone)
+	clone := e.StartTask(e.NewContainer(cloneID, counterArgs, nil), containerd.WithTaskCheckpoint(img))
+	checkContinuesFrom(t, clone.Out, p.Out, lo)
+	e.KillAndDelete(clone)
 }
 
 // TestCheckpointRefusesNonEmptyImagePath checkpoints into an image_path that already
@@ -90,19 +91,19 @@ func TestCheckpointFailureDiskFull(t *testing.T) {
 func TestCheckpointRefusesNonEmptyImagePath(t *testing.T) {
 	e := setup(t, harness.Options{})
 	id := harness.RandomID("nonempty")
-	p := e.run(id, counterArgs)
-	waitCount(t, p.out, 0, 1)
+	p := e.Run(id, counterArgs)
+	ckenv.WaitCount(t, p.Out, 0, 1)
 
-	foreign := e.imagePathDir("foreign")
+	foreign := e.ImagePathDir("foreign")
 	if err := os.MkdirAll(foreign, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(foreign, "keep.txt"), []byte("mine\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	existing := e.imagePathDir("existing")
-	if _, err := p.task.Checkpoint(e.ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":first"),
-		withCheckpointOptions(&runcoptions.CheckpointOptions{ImagePath: existing})); err != nil {
+	existing := e.ImagePathDir("existing")
+	if _, err := p.Task.Checkpoint(e.Ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":first"),
+		ckenv.WithCheckpointOptions(&runcoptions.CheckpointOptions{ImagePath: existing})); err != nil {
 		t.Fatal(err)
 	}
 	checkFlatDir(t, existing)
@@ -111,8 +112,8 @@ func TestCheckpointRefusesNonEmptyImagePath(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			e := e.sub(t)
 			before := snapshotDir(t, dir)
-			_, err := p.task.Checkpoint(e.ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":"+name),
-				withCheckpointOptions(&runcoptions.CheckpointOptions{ImagePath: dir}))
+			_, err := p.Task.Checkpoint(e.Ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":"+name),
+				ckenv.WithCheckpointOptions(&runcoptions.CheckpointOptions{ImagePath: dir}))
 			if err == nil {
 				t.Fatal("checkpoint into a non-empty directory succeeded")
 			}
@@ -123,7 +124,7 @@ func TestCheckpointRefusesNonEmptyImagePath(t *testing.T) {
 			if after := snapshotDir(t, dir); !mapsEqual(before, after) {
 				t.Fatalf("directory changed: %v -> %v", keys(before), keys(after))
 			}
-			e.checkRunning(p)
+			e.CheckRunning(p)
 		})
 	}
 }
@@ -145,7 +146,7 @@ func TestRestoreBrokenImage(t *testing.T) {
 	if !slices.Contains(names, "pages.img") || !slices.Contains(names, "checkpoint.img") {
 		t.Fatalf("the image has files %v; this test damages pages.img and checkpoint.img", names)
 	}
-	runcRuntime := containerd.WithRuntime(e.d.RuntimeName, &runcoptions.Options{BinaryName: e.d.Tools.Runsc, Root: e.d.RunscRoot})
+	runcRuntime := containerd.WithRuntime(e.D.RuntimeName, &runcoptions.Options{BinaryName: e.D.Tools.Runsc, Root: e.D.RunscRoot})
 
 	for _, tc := range []struct {
 		name   string
@@ -179,22 +180,22 @@ func TestRestoreBrokenImage(t *testing.T) {
 			}
 			t.Run("RestoreFromPath", func(t *testing.T) {
 				e := e.sub(t)
-				dir := copyDir(t, good, e.imagePathDir(tc.name))
+				dir := copyDir(t, good, e.ImagePathDir(tc.name))
 				tc.damage(t, dir)
 				id := harness.RandomID("annotation")
-				_, err := e.restoreFromPath(e.newContainer(id, counterArgs, nil), dir)
+				_, err := e.restoreFromPath(e.NewContainer(id, counterArgs, nil), dir)
 				check(t, err)
-				e.checkNoTrace(id)
+				e.CheckNoTrace(id)
 			})
 			t.Run("CriuImagePath", func(t *testing.T) {
 				e := e.sub(t)
-				dir := copyDir(t, good, e.imagePathDir(tc.name))
+				dir := copyDir(t, good, e.ImagePathDir(tc.name))
 				tc.damage(t, dir)
 				id := harness.RandomID("criupath")
 				// tryStartTask deletes the task when Start fails, as a client would.
-				_, err := e.tryStartTask(e.newContainer(id, counterArgs, runcRuntime), containerd.WithRestoreImagePath(dir))
+				_, err := e.TryStartTask(e.NewContainer(id, counterArgs, runcRuntime), containerd.WithRestoreImagePath(dir))
 				check(t, err)
-				e.checkNoTrace(id)
+				e.CheckNoTrace(id)
 			})
 		})
 	}
@@ -249,7 +250,7 @@ func copyDir(t *testing.T, src, dst string) string {
 	if err := os.MkdirAll(dst, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range dirNames(t, src) {
+	for _, name := range ckenv.DirNames(t, src) {
 		in, err := os.Open(filepath.Join(src, name))
 		if err != nil {
 			t.Fatal(err)
@@ -273,7 +274,7 @@ func copyDir(t *testing.T, src, dst string) string {
 func snapshotDir(t *testing.T, dir string) map[string]string {
 	t.Helper()
 	m := map[string]string{}
-	for _, name := range dirNames(t, dir) {
+	for _, name := range ckenv.DirNames(t, dir) {
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatal(err)

@@ -32,8 +32,8 @@ func TestCheckpointFilesRootfsAndTmpfs(t *testing.T) {
 	e := setup(t, harness.Options{})
 	id := harness.RandomID("files")
 	tmpfs := oci.WithMounts([]specs.Mount{{Destination: "/scratch", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "size=16m"}}})
-	p := e.run(id, []string{"/workload", "files", "--dir", "/data/files", "--count", "20", "--interval", "300ms"}, tmpfs)
-	p.out.WaitFor(t, `^files-ok$`, startTimeout)
+	p := e.Run(id, []string{"/workload", "files", "--dir", "/data/files", "--count", "20", "--interval", "300ms"}, tmpfs)
+	p.Out.WaitFor(t, `^files-ok$`, startTimeout)
 	e.mustExec(p, "/bin/sh", "-c", "mkdir -p /scratch/t && seq 1 20000 > /scratch/t/seq && seq 7 30000 > /data/seq2")
 	sums := e.mustExec(p, "/bin/sh", "-c", "sha256sum /data/files/* /data/seq2 /scratch/t/seq")
 	if n := strings.Count(sums, "\n"); n != 22 {
@@ -41,41 +41,41 @@ func TestCheckpointFilesRootfsAndTmpfs(t *testing.T) {
 	}
 
 	ref := "localhost/ckpt/" + id + ":rw"
-	if err := p.task.Pause(e.ctx); err != nil {
+	if err := p.Task.Pause(e.Ctx); err != nil {
 		t.Fatal(err)
 	}
-	img, err := p.c.Checkpoint(e.ctx, ref, containerd.WithCheckpointRuntime, containerd.WithCheckpointImage,
+	img, err := p.C.Checkpoint(e.Ctx, ref, containerd.WithCheckpointRuntime, containerd.WithCheckpointImage,
 		containerd.WithCheckpointRW, containerd.WithCheckpointTask)
 	if err != nil {
 		t.Fatalf("container checkpoint: %v", err)
 	}
-	if err := p.task.Resume(e.ctx); err != nil {
+	if err := p.Task.Resume(e.Ctx); err != nil {
 		t.Fatal(err)
 	}
 	e.checkRunningFiles(p)
 	hdrs, meta := e.checkpointLayer(img)
 	checkFlatLayer(t, hdrs, meta)
-	for _, m := range readIndex(e.ctx, t, e.client, img).Manifests {
+	for _, m := range readIndex(e.Ctx, t, e.Client, img).Manifests {
 		if m.MediaType == ocispec.MediaTypeImageLayerGzip {
 			t.Logf("rw layer captured by containerd: %v", e.layerEntries(m))
 		}
 	}
 
-	e.killAndDelete(p)
-	if err := p.c.Delete(e.ctx, containerd.WithSnapshotCleanup); err != nil {
+	e.KillAndDelete(p)
+	if err := p.C.Delete(e.Ctx, containerd.WithSnapshotCleanup); err != nil {
 		t.Fatal(err)
 	}
-	e.checkNoTrace(id)
+	e.CheckNoTrace(id)
 
-	c, err := e.client.Restore(e.ctx, id, img, containerd.WithRestoreImage, containerd.WithRestoreSpec,
+	c, err := e.Client.Restore(e.Ctx, id, img, containerd.WithRestoreImage, containerd.WithRestoreSpec,
 		containerd.WithRestoreRuntime, containerd.WithRestoreRW)
 	if err != nil {
 		t.Fatalf("client restore: %v", err)
 	}
-	r := e.startTask(c, containerd.WithTaskCheckpoint(img))
-	_, i := r.out.WaitForFrom(t, 0, `^files-ok$`, startTimeout)
-	r.out.WaitForFrom(t, i+1, `^files-ok$`, lineTimeout)
-	for _, l := range r.out.Lines() {
+	r := e.StartTask(c, containerd.WithTaskCheckpoint(img))
+	_, i := r.Out.WaitForFrom(t, 0, `^files-ok$`, startTimeout)
+	r.Out.WaitForFrom(t, i+1, `^files-ok$`, lineTimeout)
+	for _, l := range r.Out.Lines() {
 		if l != "files-ok" {
 			t.Fatalf("restored files workload printed %q (written again means it restarted; files-bad means content was lost)", l)
 		}
@@ -83,18 +83,18 @@ func TestCheckpointFilesRootfsAndTmpfs(t *testing.T) {
 	if got := e.mustExec(r, "/bin/sh", "-c", "sha256sum /data/files/* /data/seq2 /scratch/t/seq"); got != sums {
 		t.Fatalf("file digests after restore:\n%s\nbefore:\n%s", got, sums)
 	}
-	e.killAndDelete(r)
+	e.KillAndDelete(r)
 }
 
 // checkRunningFiles fails unless the files workload is running and still verifying.
 func (e *env) checkRunningFiles(p *proc) {
-	e.t.Helper()
-	st, err := p.task.Status(e.ctx)
+	e.T.Helper()
+	st, err := p.Task.Status(e.Ctx)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	if st.Status != containerd.Running {
-		e.t.Fatalf("task %s is %s, want running", p.c.ID(), st.Status)
+		e.T.Fatalf("task %s is %s, want running", p.C.ID(), st.Status)
 	}
-	p.out.WaitForFrom(e.t, p.out.Len(), `^files-ok$`, lineTimeout)
+	p.Out.WaitForFrom(e.T, p.Out.Len(), `^files-ok$`, lineTimeout)
 }

@@ -25,14 +25,14 @@ import (
 // Either way the files written before the checkpoint are intact after the restore.
 func TestCheckpointRWLayerAndOverlayFilestore(t *testing.T) {
 	e := setup(t, harness.Options{})
-	base, err := os.ReadFile(e.d.ShimConfigPath)
+	base, err := os.ReadFile(e.D.ShimConfigPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(string(base), "[runsc_config]\n") {
 		t.Fatalf("the harness's shim config has no [runsc_config] table:\n%s", base)
 	}
-	self := filepath.Join(e.d.Dir, harness.RandomID("self")+".toml")
+	self := filepath.Join(e.D.Dir, harness.RandomID("self")+".toml")
 	if err := os.WriteFile(self, []byte(strings.Replace(string(base), "[runsc_config]\n", "[runsc_config]\noverlay2 = \"root:self\"\n", 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -42,29 +42,29 @@ func TestCheckpointRWLayerAndOverlayFilestore(t *testing.T) {
 		wantFilestore bool
 	}{
 		{"default", nil, false},
-		{"root:self", withShimConfig(e.d, self), true},
+		{"root:self", withShimConfig(e.D, self), true},
 	} {
 		t.Run(strings.ReplaceAll(tc.name, ":", "-"), func(t *testing.T) {
 			e := e.sub(t)
 			id := harness.RandomID("fstore")
-			p := e.startTask(e.newContainer(id, []string{"/workload", "files", "--dir", "/data/files", "--count", "5", "--interval", "300ms"}, tc.runtime))
-			p.out.WaitFor(t, `^files-ok$`, startTimeout)
+			p := e.StartTask(e.NewContainer(id, []string{"/workload", "files", "--dir", "/data/files", "--count", "5", "--interval", "300ms"}, tc.runtime))
+			p.Out.WaitFor(t, `^files-ok$`, startTimeout)
 			sums := e.mustExec(p, "/bin/sh", "-c", "sha256sum /data/files/*")
 
 			ref := "localhost/ckpt/" + id + ":rw"
-			if err := p.task.Pause(e.ctx); err != nil {
+			if err := p.Task.Pause(e.Ctx); err != nil {
 				t.Fatal(err)
 			}
-			img, err := p.c.Checkpoint(e.ctx, ref, containerd.WithCheckpointRuntime, containerd.WithCheckpointImage,
+			img, err := p.C.Checkpoint(e.Ctx, ref, containerd.WithCheckpointRuntime, containerd.WithCheckpointImage,
 				containerd.WithCheckpointRW, containerd.WithCheckpointTask)
 			if err != nil {
 				t.Fatalf("container checkpoint: %v", err)
 			}
-			if err := p.task.Resume(e.ctx); err != nil {
+			if err := p.Task.Resume(e.Ctx); err != nil {
 				t.Fatal(err)
 			}
 			var entries []string
-			for _, m := range readIndex(e.ctx, t, e.client, img).Manifests {
+			for _, m := range readIndex(e.Ctx, t, e.Client, img).Manifests {
 				if m.MediaType == ocispec.MediaTypeImageLayerGzip {
 					entries = append(entries, e.layerEntries(m)...)
 				}
@@ -80,22 +80,22 @@ func TestCheckpointRWLayerAndOverlayFilestore(t *testing.T) {
 				t.Fatalf("rw layer holds a runsc filestore: %t, want %t (entries %v)", hasFilestore, tc.wantFilestore, entries)
 			}
 
-			e.killAndDelete(p)
-			if err := p.c.Delete(e.ctx, containerd.WithSnapshotCleanup); err != nil {
+			e.KillAndDelete(p)
+			if err := p.C.Delete(e.Ctx, containerd.WithSnapshotCleanup); err != nil {
 				t.Fatal(err)
 			}
-			c, err := e.client.Restore(e.ctx, id, img, containerd.WithRestoreImage, containerd.WithRestoreSpec,
+			c, err := e.Client.Restore(e.Ctx, id, img, containerd.WithRestoreImage, containerd.WithRestoreSpec,
 				containerd.WithRestoreRuntime, containerd.WithRestoreRW)
 			if err != nil {
 				t.Fatalf("client restore: %v", err)
 			}
-			r := e.startTask(c, containerd.WithTaskCheckpoint(img))
-			r.out.WaitFor(t, `^files-ok$`, startTimeout)
+			r := e.StartTask(c, containerd.WithTaskCheckpoint(img))
+			r.Out.WaitFor(t, `^files-ok$`, startTimeout)
 			if got := e.mustExec(r, "/bin/sh", "-c", "sha256sum /data/files/*"); got != sums {
 				t.Fatalf("file digests after restore:\n%s\nbefore:\n%s", got, sums)
 			}
-			e.killAndDelete(r)
-			if err := c.Delete(e.ctx, containerd.WithSnapshotCleanup); err != nil {
+			e.KillAndDelete(r)
+			if err := c.Delete(e.Ctx, containerd.WithSnapshotCleanup); err != nil {
 				t.Fatal(err)
 			}
 		})

@@ -10,6 +10,7 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/errdefs"
 
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/ckenv"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/harness"
 )
 
@@ -23,14 +24,14 @@ func TestCheckpointNilOptionsLeavesRunningAndClones(t *testing.T) {
 	e := setup(t, harness.Options{})
 	id := harness.RandomID("orig")
 	args := []string{"/workload", "counter", "--interval", "100ms"}
-	p := e.run(id, args)
-	waitCount(t, p.out, 0, 3)
-	lo := lastCount(p.out)
-	img, err := p.task.Checkpoint(e.ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":live"))
+	p := e.Run(id, args)
+	ckenv.WaitCount(t, p.Out, 0, 3)
+	lo := ckenv.LastCount(p.Out)
+	img, err := p.Task.Checkpoint(e.Ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":live"))
 	if err != nil {
 		t.Fatalf("checkpoint: %v", err)
 	}
-	e.checkRunning(p)
+	e.CheckRunning(p)
 	hdrs, meta := e.checkpointLayer(img)
 	checkFlatLayer(t, hdrs, meta)
 	if !meta.LeaveRunning {
@@ -38,18 +39,18 @@ func TestCheckpointNilOptionsLeavesRunningAndClones(t *testing.T) {
 	}
 
 	cloneID := harness.RandomID("clone")
-	clone := e.startTask(e.newContainer(cloneID, args, nil), containerd.WithTaskCheckpoint(img))
-	checkContinuesFrom(t, clone.out, p.out, lo)
+	clone := e.StartTask(e.NewContainer(cloneID, args, nil), containerd.WithTaskCheckpoint(img))
+	checkContinuesFrom(t, clone.Out, p.Out, lo)
 	// Both progress side by side.
-	before := lastCount(p.out)
-	waitCount(t, p.out, p.out.Len(), before+3)
-	waitCount(t, clone.out, clone.out.Len(), lastCount(clone.out)+3)
-	e.checkRunning(p)
-	e.checkRunning(clone)
+	before := ckenv.LastCount(p.Out)
+	ckenv.WaitCount(t, p.Out, p.Out.Len(), before+3)
+	ckenv.WaitCount(t, clone.Out, clone.Out.Len(), ckenv.LastCount(clone.Out)+3)
+	e.CheckRunning(p)
+	e.CheckRunning(clone)
 
-	e.killAndDelete(clone)
-	e.checkNoTrace(cloneID)
-	e.checkRunning(p)
+	e.KillAndDelete(clone)
+	e.CheckNoTrace(cloneID)
+	e.CheckRunning(p)
 }
 
 // TestCheckpointUserPausedStaysPaused checkpoints a task the user paused: containerd
@@ -60,47 +61,47 @@ func TestCheckpointNilOptionsLeavesRunningAndClones(t *testing.T) {
 func TestCheckpointUserPausedStaysPaused(t *testing.T) {
 	e := setup(t, harness.Options{})
 	id := harness.RandomID("paused")
-	p := e.run(id, []string{"/workload", "counter", "--interval", "100ms"})
-	waitCount(t, p.out, 0, 3)
-	if err := p.task.Pause(e.ctx); err != nil {
+	p := e.Run(id, []string{"/workload", "counter", "--interval", "100ms"})
+	ckenv.WaitCount(t, p.Out, 0, 3)
+	if err := p.Task.Pause(e.Ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.task.Checkpoint(e.ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":paused"),
-		withCheckpointOptions(&runcoptions.CheckpointOptions{})); err != nil {
+	if _, err := p.Task.Checkpoint(e.Ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":paused"),
+		ckenv.WithCheckpointOptions(&runcoptions.CheckpointOptions{})); err != nil {
 		t.Fatalf("checkpoint of a paused task: %v", err)
 	}
-	st, err := p.task.Status(e.ctx)
+	st, err := p.Task.Status(e.Ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st.Status != containerd.Paused {
 		t.Fatalf("task is %s after the checkpoint, want paused (the user paused it)", st.Status)
 	}
-	if s := e.runscStatus(id); s != "paused" {
+	if s := e.RunscStatus(id); s != "paused" {
 		t.Fatalf("runsc reports %q after the checkpoint, want paused", s)
 	}
-	if err := p.task.Resume(e.ctx); err != nil {
+	if err := p.Task.Resume(e.Ctx); err != nil {
 		t.Fatal(err)
 	}
-	e.checkRunning(p)
+	e.CheckRunning(p)
 
 	// An exit checkpoint of a paused task stops it, and its image restores.
-	if err := p.task.Pause(e.ctx); err != nil {
+	if err := p.Task.Pause(e.Ctx); err != nil {
 		t.Fatal(err)
 	}
-	lo := lastCount(p.out)
-	img, err := p.task.Checkpoint(e.ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":paused-exit"),
-		withCheckpointOptions(&runcoptions.CheckpointOptions{Exit: true}))
+	lo := ckenv.LastCount(p.Out)
+	img, err := p.Task.Checkpoint(e.Ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":paused-exit"),
+		ckenv.WithCheckpointOptions(&runcoptions.CheckpointOptions{Exit: true}))
 	if err != nil {
 		t.Fatalf("exit checkpoint of a paused task: %v", err)
 	}
-	if code := e.waitExit(p); code != 137 {
+	if code := e.WaitExit(p); code != 137 {
 		t.Errorf("exit status after the exit checkpoint %d, want 137", code)
 	}
-	e.deleteTask(p)
-	r := e.startTask(p.c, containerd.WithTaskCheckpoint(img))
-	checkContinues(t, r.out, lo, lastCount(p.out))
-	e.killAndDelete(r)
+	e.DeleteTask(p)
+	r := e.StartTask(p.C, containerd.WithTaskCheckpoint(img))
+	checkContinues(t, r.Out, lo, ckenv.LastCount(p.Out))
+	e.KillAndDelete(r)
 }
 
 // TestCheckpointRefusesUnsupportedOptions sends runc options gVisor cannot honour
@@ -110,8 +111,8 @@ func TestCheckpointUserPausedStaysPaused(t *testing.T) {
 func TestCheckpointRefusesUnsupportedOptions(t *testing.T) {
 	e := setup(t, harness.Options{})
 	id := harness.RandomID("refuse")
-	p := e.run(id, []string{"/workload", "counter", "--interval", "100ms"})
-	waitCount(t, p.out, 0, 1)
+	p := e.Run(id, []string{"/workload", "counter", "--interval", "100ms"})
+	ckenv.WaitCount(t, p.Out, 0, 1)
 	for _, tc := range []struct {
 		name string
 		opts *runcoptions.CheckpointOptions
@@ -121,10 +122,10 @@ func TestCheckpointRefusesUnsupportedOptions(t *testing.T) {
 		{"EmptyNamespaces", &runcoptions.CheckpointOptions{EmptyNamespaces: []string{"network"}}, "EmptyNamespaces"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := e.imagePathDir("refused")
+			dir := e.ImagePathDir("refused")
 			tc.opts.ImagePath = dir
-			_, err := p.task.Checkpoint(e.ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":"+strings.ToLower(tc.name)),
-				withCheckpointOptions(tc.opts))
+			_, err := p.Task.Checkpoint(e.Ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":"+strings.ToLower(tc.name)),
+				ckenv.WithCheckpointOptions(tc.opts))
 			if err == nil {
 				t.Fatal("checkpoint succeeded")
 			}
@@ -132,13 +133,13 @@ func TestCheckpointRefusesUnsupportedOptions(t *testing.T) {
 				t.Fatalf("error %v: want InvalidArgument naming %s", err, tc.want)
 			}
 			t.Logf("refused: %v", err)
-			if _, err := e.client.GetImage(e.ctx, "localhost/ckpt/"+id+":"+strings.ToLower(tc.name)); !errdefs.IsNotFound(err) {
+			if _, err := e.Client.GetImage(e.Ctx, "localhost/ckpt/"+id+":"+strings.ToLower(tc.name)); !errdefs.IsNotFound(err) {
 				t.Errorf("refused checkpoint left an image: %v", err)
 			}
-			if names := dirNames(t, dir); len(names) > 0 {
+			if names := ckenv.DirNames(t, dir); len(names) > 0 {
 				t.Fatalf("refused checkpoint left %v in %s", names, dir)
 			}
-			e.checkRunning(p)
+			e.CheckRunning(p)
 		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	containerd "github.com/containerd/containerd/v2/client"
 
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/ckenv"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/harness"
 )
 
@@ -24,18 +25,18 @@ func TestCheckpointMemhold256MiB(t *testing.T) {
 			e := e.sub(t)
 			id := harness.RandomID("memhold")
 			rt := e.shimRuntimeWith("[checkpoint]\ncompression = \"" + compression + "\"\n")
-			p := e.startTask(e.newContainer(id, []string{"/workload", "memhold", "--mib", "256", "--seed", "7", "--interval", "500ms"}, rt))
-			ready := p.out.WaitFor(t, `^ready sum=[0-9a-f]{64}$`, startTimeout)
+			p := e.StartTask(e.NewContainer(id, []string{"/workload", "memhold", "--mib", "256", "--seed", "7", "--interval", "500ms"}, rt))
+			ready := p.Out.WaitFor(t, `^ready sum=[0-9a-f]{64}$`, startTimeout)
 			sum := strings.TrimPrefix(ready, "ready sum=")
-			p.out.WaitFor(t, `^ok sum=`, lineTimeout)
+			p.Out.WaitFor(t, `^ok sum=`, lineTimeout)
 
-			img, err := p.task.Checkpoint(e.ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":"+compression),
-				withCheckpointOptions(&runcoptions.CheckpointOptions{Exit: true}))
+			img, err := p.Task.Checkpoint(e.Ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":"+compression),
+				ckenv.WithCheckpointOptions(&runcoptions.CheckpointOptions{Exit: true}))
 			if err != nil {
 				t.Fatalf("checkpoint: %v", err)
 			}
-			e.waitExit(p)
-			e.deleteTask(p)
+			e.WaitExit(p)
+			e.DeleteTask(p)
 			hdrs, meta := e.checkpointLayer(img)
 			checkFlatLayer(t, hdrs, meta)
 			if meta.Compression != compression {
@@ -43,16 +44,16 @@ func TestCheckpointMemhold256MiB(t *testing.T) {
 			}
 			t.Logf("image %d bytes, runsc checkpoint %d ms", meta.Size(), meta.Timings.Runsc)
 
-			r := e.startTask(p.c, containerd.WithTaskCheckpoint(img))
-			_, i := r.out.WaitForFrom(t, 0, `^ok sum=`, startTimeout)
-			r.out.WaitForFrom(t, i+1, `^ok sum=`, lineTimeout)
-			for _, l := range r.out.Lines() {
+			r := e.StartTask(p.C, containerd.WithTaskCheckpoint(img))
+			_, i := r.Out.WaitForFrom(t, 0, `^ok sum=`, startTimeout)
+			r.Out.WaitForFrom(t, i+1, `^ok sum=`, lineTimeout)
+			for _, l := range r.Out.Lines() {
 				if strings.HasPrefix(l, "ready") || strings.Contains(l, "CORRUPT") || (strings.HasPrefix(l, "ok sum=") && !strings.HasPrefix(l, "ok sum="+sum+" ")) {
 					t.Fatalf("restored memhold printed %q; want only ok sum=%s", l, sum)
 				}
 			}
-			e.killAndDelete(r)
-			e.checkNoTrace(id)
+			e.KillAndDelete(r)
+			e.CheckNoTrace(id)
 		})
 	}
 }

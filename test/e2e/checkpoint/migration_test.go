@@ -12,6 +12,7 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images/archive"
 
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/ckenv"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/harness"
 )
 
@@ -24,28 +25,28 @@ import (
 func TestCheckpointMigrationBetweenDaemons(t *testing.T) {
 	src := setup(t, harness.Options{})
 	dst := setup(t, harness.Options{})
-	if src.d.Root == dst.d.Root || src.d.RunscRoot == dst.d.RunscRoot {
+	if src.D.Root == dst.D.Root || src.D.RunscRoot == dst.D.RunscRoot {
 		t.Fatal("the two daemons share a root")
 	}
 	id := harness.RandomID("migrate")
-	p := src.run(id, counterArgs)
-	waitCount(t, p.out, 0, 5)
-	lo := lastCount(p.out)
+	p := src.Run(id, counterArgs)
+	ckenv.WaitCount(t, p.Out, 0, 5)
+	lo := ckenv.LastCount(p.Out)
 	ref := "localhost/ckpt/" + id + ":migrate"
-	if _, err := p.task.Checkpoint(src.ctx, containerd.WithCheckpointName(ref),
-		withCheckpointOptions(&runcoptions.CheckpointOptions{Exit: true})); err != nil {
+	if _, err := p.Task.Checkpoint(src.Ctx, containerd.WithCheckpointName(ref),
+		ckenv.WithCheckpointOptions(&runcoptions.CheckpointOptions{Exit: true})); err != nil {
 		t.Fatal(err)
 	}
-	src.waitExit(p)
-	src.deleteTask(p)
-	hi := lastCount(p.out)
+	src.WaitExit(p)
+	src.DeleteTask(p)
+	hi := ckenv.LastCount(p.Out)
 
-	tarPath := filepath.Join(src.d.Dir, "checkpoint.tar")
+	tarPath := filepath.Join(src.D.Dir, "checkpoint.tar")
 	f, err := os.Create(tarPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := src.client.Export(src.ctx, f, archive.WithImage(src.client.ImageService(), ref)); err != nil {
+	if err := src.Client.Export(src.Ctx, f, archive.WithImage(src.Client.ImageService(), ref)); err != nil {
 		t.Fatalf("export %s: %v", ref, err)
 	}
 	if err := f.Close(); err != nil {
@@ -56,7 +57,7 @@ func TestCheckpointMigrationBetweenDaemons(t *testing.T) {
 
 	out := dst.ctr("images", "import", tarPath)
 	t.Logf("ctr images import: %s", strings.TrimSpace(out))
-	img, err := dst.client.GetImage(dst.ctx, ref)
+	img, err := dst.Client.GetImage(dst.Ctx, ref)
 	if err != nil {
 		t.Fatalf("imported checkpoint image: %v", err)
 	}
@@ -67,9 +68,9 @@ func TestCheckpointMigrationBetweenDaemons(t *testing.T) {
 	}
 
 	id2 := harness.RandomID("migrated")
-	r := dst.startTask(dst.newContainer(id2, counterArgs, nil), containerd.WithTaskCheckpoint(img))
-	checkContinues(t, r.out, lo, hi)
-	dst.checkRunning(r)
-	dst.killAndDelete(r)
-	dst.checkNoTrace(id2)
+	r := dst.StartTask(dst.NewContainer(id2, counterArgs, nil), containerd.WithTaskCheckpoint(img))
+	checkContinues(t, r.Out, lo, hi)
+	dst.CheckRunning(r)
+	dst.KillAndDelete(r)
+	dst.CheckNoTrace(id2)
 }

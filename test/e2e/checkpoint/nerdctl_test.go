@@ -12,6 +12,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/ckenv"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/harness"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/testimage"
 )
@@ -19,13 +20,13 @@ import (
 // nerdctl runs the pinned nerdctl against the test's daemon, namespace and snapshotter,
 // with a private data root and no host config file.
 func (e *env) nerdctl(dataRoot string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(e.ctx, 2*time.Minute)
+	ctx, cancel := context.WithTimeout(e.Ctx, 2*time.Minute)
 	defer cancel()
 	full := append([]string{
-		"--address", e.d.Address, "--namespace", e.d.Namespace, "--snapshotter", e.d.Snapshotter,
+		"--address", e.D.Address, "--namespace", e.D.Namespace, "--snapshotter", e.D.Snapshotter,
 		"--data-root", dataRoot, "--cgroup-manager", "cgroupfs",
 	}, args...)
-	cmd := exec.CommandContext(ctx, e.d.Tools.Nerdctl, full...)
+	cmd := exec.CommandContext(ctx, e.D.Tools.Nerdctl, full...)
 	cmd.Env = append(cmd.Environ(), "NERDCTL_TOML="+filepath.Join(dataRoot, "nerdctl.toml"))
 	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.CombinedOutput()
@@ -33,10 +34,10 @@ func (e *env) nerdctl(dataRoot string, args ...string) (string, error) {
 }
 
 func (e *env) mustNerdctl(dataRoot string, args ...string) string {
-	e.t.Helper()
+	e.T.Helper()
 	out, err := e.nerdctl(dataRoot, args...)
 	if err != nil {
-		e.t.Fatalf("nerdctl %s: %v\n%s", strings.Join(args, " "), err, out)
+		e.T.Fatalf("nerdctl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return out
 }
@@ -44,17 +45,17 @@ func (e *env) mustNerdctl(dataRoot string, args ...string) string {
 // waitNerdctlCounts polls `nerdctl logs` until it shows at least n count lines and
 // returns the counts.
 func (e *env) waitNerdctlCounts(dataRoot, name string, n int) []int {
-	e.t.Helper()
+	e.T.Helper()
 	deadline := time.Now().Add(startTimeout)
 	for {
 		out := e.mustNerdctl(dataRoot, "logs", name)
 		lb := harness.NewLineBuffer()
 		_, _ = lb.Write([]byte(out))
-		if c := counts(lb.Lines()); len(c) >= n {
+		if c := ckenv.Counts(lb.Lines()); len(c) >= n {
 			return c
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("nerdctl logs %s shows fewer than %d counts:\n%s", name, n, out)
+			e.T.Fatalf("nerdctl logs %s shows fewer than %d counts:\n%s", name, n, out)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -64,7 +65,7 @@ func (e *env) waitNerdctlCounts(dataRoot, name string, n int) []int {
 // process continues from the checkpoint, behind where the original stopped) and three
 // contiguous counts follow, and returns the counts from the drop on.
 func (e *env) waitNerdctlRestored(dataRoot, name string) []int {
-	e.t.Helper()
+	e.T.Helper()
 	deadline := time.Now().Add(startTimeout)
 	for {
 		c := e.waitNerdctlCounts(dataRoot, name, 0)
@@ -75,7 +76,7 @@ func (e *env) waitNerdctlRestored(dataRoot, name string) []int {
 			restored := c[i:]
 			for j := 1; j < len(restored); j++ {
 				if restored[j] != restored[j-1]+1 {
-					e.t.Fatalf("counts after the restore are not contiguous: %v", restored)
+					e.T.Fatalf("counts after the restore are not contiguous: %v", restored)
 				}
 			}
 			if len(restored) >= 3 {
@@ -84,7 +85,7 @@ func (e *env) waitNerdctlRestored(dataRoot, name string) []int {
 			break
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("nerdctl logs %s shows no restored counts: %v", name, c)
+			e.T.Fatalf("nerdctl logs %s shows no restored counts: %v", name, c)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -104,13 +105,13 @@ func (e *env) waitNerdctlRestored(dataRoot, name string) []int {
 //   - `nerdctl checkpoint rm` removes it.
 func TestNerdctlCheckpointCreateListRemoveStart(t *testing.T) {
 	e := setup(t, harness.Options{})
-	if e.d.Tools.Nerdctl == "" {
+	if e.D.Tools.Nerdctl == "" {
 		t.Skip("nerdctl is not built (hack/tools.sh); it is optional")
 	}
-	dataRoot := filepath.Join(e.d.Dir, "nerdctl")
+	dataRoot := filepath.Join(e.D.Dir, "nerdctl")
 	name := harness.RandomID("nerdctl")
 	out := e.mustNerdctl(dataRoot, append([]string{"run", "-d", "--name", name, "--network", "none",
-		"--runtime", e.d.RuntimeName, testimage.Ref}, counterArgs...)...)
+		"--runtime", e.D.RuntimeName, testimage.Ref}, counterArgs...)...)
 	fields := strings.Fields(out)
 	if len(fields) == 0 {
 		t.Fatal("nerdctl run -d printed no container ID")
@@ -147,12 +148,12 @@ func TestNerdctlCheckpointCreateListRemoveStart(t *testing.T) {
 	}
 
 	e.mustNerdctl(dataRoot, "checkpoint", "rm", name, "ck1")
-	if names := dirNames(t, dir); names != nil {
+	if names := ckenv.DirNames(t, dir); names != nil {
 		t.Fatalf("nerdctl checkpoint rm left %v", names)
 	}
 	if out := e.mustNerdctl(dataRoot, "checkpoint", "ls", name); strings.Contains(out, "ck1") {
 		t.Fatalf("nerdctl checkpoint ls still lists ck1:\n%s", out)
 	}
 	e.mustNerdctl(dataRoot, "rm", "-f", name)
-	e.checkNoTrace(id)
+	e.CheckNoTrace(id)
 }

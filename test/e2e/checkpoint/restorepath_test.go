@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	ckpt "github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/checkpoint"
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/ckenv"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/harness"
 )
 
@@ -25,20 +26,20 @@ var counterArgs = []string{"/workload", "counter", "--interval", "100ms"}
 // the shim writes straight into the directory), and returns the exited task, with the
 // directory and the counts between which the checkpoint was taken.
 func (e *env) checkpointToPath(id string) (p *proc, dir string, lo, hi int) {
-	e.t.Helper()
-	p = e.run(id, counterArgs)
-	waitCount(e.t, p.out, 0, 3)
-	lo = lastCount(p.out)
-	dir = e.imagePathDir(id)
-	_, err := p.task.Checkpoint(e.ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":path"),
-		withCheckpointOptions(&runcoptions.CheckpointOptions{Exit: true, ImagePath: dir}))
+	e.T.Helper()
+	p = e.Run(id, counterArgs)
+	ckenv.WaitCount(e.T, p.Out, 0, 3)
+	lo = ckenv.LastCount(p.Out)
+	dir = e.ImagePathDir(id)
+	_, err := p.Task.Checkpoint(e.Ctx, containerd.WithCheckpointName("localhost/ckpt/"+id+":path"),
+		ckenv.WithCheckpointOptions(&runcoptions.CheckpointOptions{Exit: true, ImagePath: dir}))
 	if err != nil {
-		e.t.Fatalf("checkpoint to %s: %v", dir, err)
+		e.T.Fatalf("checkpoint to %s: %v", dir, err)
 	}
-	e.waitExit(p)
-	e.deleteTask(p)
-	hi = lastCount(p.out)
-	checkFlatDir(e.t, dir)
+	e.WaitExit(p)
+	e.DeleteTask(p)
+	hi = ckenv.LastCount(p.Out)
+	checkFlatDir(e.T, dir)
 	return p, dir, lo, hi
 }
 
@@ -48,18 +49,18 @@ func (e *env) checkpointToPath(id string) (p *proc, dir string, lo, hi int) {
 // directory to the shim as the checkpoint and starts the task itself.
 func (e *env) restoreFromPath(c containerd.Container, dir string) (*proc, error) {
 	out := harness.NewLineBuffer()
-	if _, err := c.Restore(e.ctx, e.d.IO(nil, out, out), dir); err != nil {
+	if _, err := c.Restore(e.Ctx, e.D.IO(nil, out, out), dir); err != nil {
 		return nil, err
 	}
-	task, err := c.Task(e.ctx, nil)
+	task, err := c.Task(e.Ctx, nil)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
-	exitC, err := task.Wait(e.ctx)
+	exitC, err := task.Wait(e.Ctx)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
-	return &proc{c: c, task: task, out: out, exitC: exitC}, nil
+	return &proc{C: c, Task: task, Out: out, ExitC: exitC}, nil
 }
 
 // TestCompatRestoreFromPath restores an image_path checkpoint through the
@@ -71,36 +72,36 @@ func TestCompatRestoreFromPath(t *testing.T) {
 	id := harness.RandomID("frompath")
 	p, dir, lo, hi := e.checkpointToPath(id)
 
-	r, err := e.restoreFromPath(p.c, dir)
+	r, err := e.restoreFromPath(p.C, dir)
 	if err != nil {
 		t.Fatalf("restore from path: %v", err)
 	}
-	checkContinues(t, r.out, lo, hi)
-	e.checkRunning(r)
+	checkContinues(t, r.Out, lo, hi)
+	e.CheckRunning(r)
 	if got := e.mustExec(r, "/bin/sh", "-c", "echo restored-exec"); got != "restored-exec\n" {
 		t.Errorf("exec output %q", got)
 	}
 	if _, code := e.exec(r, "/workload", "exit", "--code", "3"); code != 3 {
 		t.Errorf("exec exit status %d, want 3", code)
 	}
-	pids, err := r.task.Pids(e.ctx)
+	pids, err := r.Task.Pids(e.Ctx)
 	if err != nil || len(pids) == 0 {
 		t.Errorf("pids of the restored task: %v, %v", pids, err)
 	}
-	if err := r.task.Kill(e.ctx, syscall.SIGKILL); err != nil {
+	if err := r.Task.Kill(e.Ctx, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	if code := e.waitExit(r); code != 137 {
+	if code := e.WaitExit(r); code != 137 {
 		t.Errorf("exit status %d after SIGKILL, want 137", code)
 	}
-	st, err := r.task.Delete(e.ctx)
+	st, err := r.Task.Delete(e.Ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st.ExitCode() != 137 {
 		t.Errorf("delete reported %d, want 137", st.ExitCode())
 	}
-	e.checkNoTrace(id)
+	e.CheckNoTrace(id)
 }
 
 // TestRestoreRejectsRunscVersionMismatch edits runsc_version in the metadata of an
@@ -142,23 +143,23 @@ func TestRestoreRejectsRunscVersionMismatch(t *testing.T) {
 		}
 		t.Logf("refused: %v", err)
 	}
-	runcRuntime := containerd.WithRuntime(e.d.RuntimeName, &runcoptions.Options{BinaryName: e.d.Tools.Runsc, Root: e.d.RunscRoot})
+	runcRuntime := containerd.WithRuntime(e.D.RuntimeName, &runcoptions.Options{BinaryName: e.D.Tools.Runsc, Root: e.D.RunscRoot})
 
 	t.Run("CriuImagePath", func(t *testing.T) {
 		e := e.sub(t)
 		id := harness.RandomID("criupath")
-		c := e.newContainer(id, counterArgs, runcRuntime)
-		_, err := c.NewTask(e.ctx, e.d.IO(nil, nil, nil), containerd.WithRestoreImagePath(dir))
+		c := e.NewContainer(id, counterArgs, runcRuntime)
+		_, err := c.NewTask(e.Ctx, e.D.IO(nil, nil, nil), containerd.WithRestoreImagePath(dir))
 		checkMismatch(t, err)
-		e.checkNoTrace(id)
+		e.CheckNoTrace(id)
 	})
 	t.Run("RestoreFromPath", func(t *testing.T) {
 		e := e.sub(t)
 		id := harness.RandomID("annotation")
-		c := e.newContainer(id, counterArgs, nil)
+		c := e.NewContainer(id, counterArgs, nil)
 		_, err := e.restoreFromPath(c, dir)
 		checkMismatch(t, err)
-		e.checkNoTrace(id)
+		e.CheckNoTrace(id)
 	})
 	t.Run("MatchingVersion", func(t *testing.T) {
 		e := e.sub(t)
@@ -166,9 +167,9 @@ func TestRestoreRejectsRunscVersionMismatch(t *testing.T) {
 			t.Fatal(err)
 		}
 		id := harness.RandomID("criupath-ok")
-		r := e.startTask(e.newContainer(id, counterArgs, runcRuntime), containerd.WithRestoreImagePath(dir))
-		checkContinues(t, r.out, lo, hi)
-		e.killAndDelete(r)
-		e.checkNoTrace(id)
+		r := e.StartTask(e.NewContainer(id, counterArgs, runcRuntime), containerd.WithRestoreImagePath(dir))
+		checkContinues(t, r.Out, lo, hi)
+		e.KillAndDelete(r)
+		e.CheckNoTrace(id)
 	})
 }

@@ -13,6 +13,7 @@ import (
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/errdefs"
 
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/ckenv"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/harness"
 )
 
@@ -27,12 +28,12 @@ import (
 func TestConcurrentCheckpointsOfOneTask(t *testing.T) {
 	e := setup(t, harness.Options{})
 	id := harness.RandomID("concurrent")
-	p := e.run(id, busyArgs)
-	sum := memholdSum(t, p.out)
-	waitCount(t, p.out, 0, 3)
+	p := e.Run(id, busyArgs)
+	sum := memholdSum(t, p.Out)
+	ckenv.WaitCount(t, p.Out, 0, 3)
 
-	first := e.imagePathDir("first")
-	lo := lastCount(p.out)
+	first := e.ImagePathDir("first")
+	lo := ckenv.LastCount(p.Out)
 	firstErr := make(chan error, 1)
 	go func() { firstErr <- e.checkpointToPath(p, first, false) }()
 	var runscCkpt harness.Process
@@ -61,18 +62,18 @@ func TestConcurrentCheckpointsOfOneTask(t *testing.T) {
 		}
 		t.Logf("%s refused: %v", what, err)
 	}
-	second := e.imagePathDir("second")
+	second := e.ImagePathDir("second")
 	t0 := time.Now()
 	checkInProgress("client", e.checkpointToPath(p, second, false))
 	checkInProgress("task API, exit", e.apiCheckpoint(id, &runcoptions.CheckpointOptions{Exit: true, ImagePath: second}))
-	if _, err := p.task.Status(e.ctx); err != nil {
+	if _, err := p.Task.Status(e.Ctx); err != nil {
 		t.Fatalf("state during the checkpoint: %v", err)
 	}
 	cont()
 	if d := time.Since(t0); d > 10*time.Second {
 		t.Errorf("the refusals and State took %v: they must not wait for the running checkpoint", d)
 	}
-	if names := dirNames(t, second); names != nil {
+	if names := ckenv.DirNames(t, second); names != nil {
 		t.Errorf("a refused checkpoint created %s: %v", second, names)
 	}
 
@@ -80,26 +81,26 @@ func TestConcurrentCheckpointsOfOneTask(t *testing.T) {
 		t.Fatalf("the first checkpoint failed: %v", err)
 	}
 	checkCompleteImage(t, first)
-	n := p.out.Len()
-	e.checkRunning(p)
-	checkMemhold(t, p.out, n, sum)
+	n := p.Out.Len()
+	e.CheckRunning(p)
+	checkMemhold(t, p.Out, n, sum)
 
 	cloneID := harness.RandomID("concurrent-clone")
-	clone, err := e.restoreFromPath(e.newContainer(cloneID, busyArgs, nil), first)
+	clone, err := e.restoreFromPath(e.NewContainer(cloneID, busyArgs, nil), first)
 	if err != nil {
 		t.Fatalf("restore of the first checkpoint: %v", err)
 	}
-	c, _ := waitCount(t, clone.out, 0, 0)
+	c, _ := ckenv.WaitCount(t, clone.Out, 0, 0)
 	if c < lo {
 		t.Errorf("clone counter started at %d, the checkpoint was taken after %d", c, lo)
 	}
-	checkMemhold(t, clone.out, 0, sum)
-	e.killAndDelete(clone)
-	e.checkNoTrace(cloneID)
-	e.removeContainer(clone.c)
-	e.killAndDelete(p)
-	e.checkNoTrace(id)
-	e.removeContainer(p.c)
+	checkMemhold(t, clone.Out, 0, sum)
+	e.KillAndDelete(clone)
+	e.CheckNoTrace(cloneID)
+	e.RemoveContainer(clone.C)
+	e.KillAndDelete(p)
+	e.CheckNoTrace(id)
+	e.RemoveContainer(p.C)
 	e.checkNoLeftovers()
 }
 
@@ -122,12 +123,12 @@ func TestCheckpointManyTasks(t *testing.T) {
 	for i := range items {
 		id := harness.RandomID(fmt.Sprintf("many%d", i))
 		// Different start values: a mixed-up restore would show.
-		p := e.run(id, []string{"/workload", "counter", "--interval", "100ms", "--start", fmt.Sprint(i * 100000)})
-		items[i] = &item{p: p, dir: e.imagePathDir(id)}
+		p := e.Run(id, []string{"/workload", "counter", "--interval", "100ms", "--start", fmt.Sprint(i * 100000)})
+		items[i] = &item{p: p, dir: e.ImagePathDir(id)}
 	}
 	for i, it := range items {
-		waitCount(t, it.p.out, 0, i*100000+2)
-		it.lo = lastCount(it.p.out)
+		ckenv.WaitCount(t, it.p.Out, 0, i*100000+2)
+		it.lo = ckenv.LastCount(it.p.Out)
 	}
 
 	t0 := time.Now()
@@ -144,13 +145,13 @@ func TestCheckpointManyTasks(t *testing.T) {
 	t.Logf("%d exit checkpoints at once took %v", manyTasks, time.Since(t0).Round(time.Millisecond))
 	for i, it := range items {
 		if errs[i] != nil {
-			t.Fatalf("checkpoint of %s: %v", it.p.c.ID(), errs[i])
+			t.Fatalf("checkpoint of %s: %v", it.p.C.ID(), errs[i])
 		}
-		if code := e.waitExit(it.p); code != 137 {
-			t.Errorf("%s exited with %d after the exit checkpoint, want 137", it.p.c.ID(), code)
+		if code := e.WaitExit(it.p); code != 137 {
+			t.Errorf("%s exited with %d after the exit checkpoint, want 137", it.p.C.ID(), code)
 		}
-		e.deleteTask(it.p)
-		it.hi = lastCount(it.p.out)
+		e.DeleteTask(it.p)
+		it.hi = ckenv.LastCount(it.p.Out)
 		checkCompleteImage(t, it.dir)
 	}
 
@@ -160,22 +161,22 @@ func TestCheckpointManyTasks(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			restored[i], errs[i] = e.restoreFromPath(it.p.c, it.dir)
+			restored[i], errs[i] = e.restoreFromPath(it.p.C, it.dir)
 		}()
 	}
 	wg.Wait()
 	t.Logf("%d restores at once took %v", manyTasks, time.Since(t0).Round(time.Millisecond))
 	for i, it := range items {
 		if errs[i] != nil {
-			t.Fatalf("restore of %s: %v", it.p.c.ID(), errs[i])
+			t.Fatalf("restore of %s: %v", it.p.C.ID(), errs[i])
 		}
-		first, last := checkContinues(t, restored[i].out, it.lo, it.hi)
-		t.Logf("%s: checkpoint between %d and %d, restored at %d, reached %d", it.p.c.ID(), it.lo, it.hi, first, last)
+		first, last := checkContinues(t, restored[i].Out, it.lo, it.hi)
+		t.Logf("%s: checkpoint between %d and %d, restored at %d, reached %d", it.p.C.ID(), it.lo, it.hi, first, last)
 	}
 	for i, it := range items {
-		e.killAndDelete(restored[i])
-		e.checkNoTrace(it.p.c.ID())
-		e.removeContainer(it.p.c)
+		e.KillAndDelete(restored[i])
+		e.CheckNoTrace(it.p.C.ID())
+		e.RemoveContainer(it.p.C)
 	}
 	e.checkNoLeftovers()
 }

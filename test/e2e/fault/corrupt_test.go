@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/ckenv"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/harness"
 )
 
@@ -21,7 +22,7 @@ func copyImage(t *testing.T, src, dst string) {
 	if err := os.MkdirAll(dst, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range dirNames(t, src) {
+	for _, name := range ckenv.DirNames(t, src) {
 		in, err := os.Open(filepath.Join(src, name))
 		if err != nil {
 			t.Fatal(err)
@@ -71,45 +72,45 @@ func TestRestoreCorruptedMemoryImage(t *testing.T) {
 	e := setup(t, harness.Options{})
 	id := harness.RandomID("corrupt")
 	args := []string{"/workload", "memhold", "--mib", "64", "--seed", "31", "--interval", "300ms"}
-	p := e.run(id, args)
-	sum := memholdSum(t, p.out)
-	p.out.WaitFor(t, `^ok sum=`, lineTimeout)
-	good := e.imagePathDir("good")
+	p := e.Run(id, args)
+	sum := memholdSum(t, p.Out)
+	p.Out.WaitFor(t, `^ok sum=`, lineTimeout)
+	good := e.ImagePathDir("good")
 	if err := e.checkpointToPath(p, good, true); err != nil {
 		t.Fatal(err)
 	}
-	e.waitExit(p)
-	e.deleteTask(p)
+	e.WaitExit(p)
+	e.DeleteTask(p)
 	checkCompleteImage(t, good)
 
-	bad := e.imagePathDir("bad")
+	bad := e.ImagePathDir("bad")
 	copyImage(t, good, bad)
 	scribble(t, filepath.Join(bad, "pages.img"))
 	cid := harness.RandomID("corrupt-bad")
-	r, err := e.restoreFromPath(e.newContainer(cid, args, nil), bad)
+	r, err := e.restoreFromPath(e.NewContainer(cid, args, nil), bad)
 	if err != nil {
 		// Also a known state: refused, with nothing left.
 		t.Logf("restore of the damaged memory image failed: %v", err)
-		e.checkNoTrace(cid)
+		e.CheckNoTrace(cid)
 	} else {
-		line := r.out.WaitFor(t, `^(ok|CORRUPT) sum=`, startTimeout)
+		line := r.Out.WaitFor(t, `^(ok|CORRUPT) sum=`, startTimeout)
 		t.Logf("restored from the damaged memory image; the workload printed %q", line)
 		if !strings.HasPrefix(line, "CORRUPT") {
 			t.Errorf("the workload's memory survived a scribbled pages.img (%q): the test damaged nothing?", line)
 		}
-		e.killAndDelete(r)
-		e.checkNoTrace(cid)
-		e.removeContainer(r.c)
+		e.KillAndDelete(r)
+		e.CheckNoTrace(cid)
+		e.RemoveContainer(r.C)
 	}
 
-	ok, err := e.restoreFromPath(p.c, good)
+	ok, err := e.restoreFromPath(p.C, good)
 	if err != nil {
 		t.Fatalf("restore of the undamaged image: %v", err)
 	}
-	checkMemhold(t, ok.out, 0, sum)
-	e.killAndDelete(ok)
-	e.checkNoTrace(id)
-	e.removeContainer(p.c)
+	checkMemhold(t, ok.Out, 0, sum)
+	e.KillAndDelete(ok)
+	e.CheckNoTrace(id)
+	e.RemoveContainer(p.C)
 	e.checkNoLeftovers()
 }
 
@@ -121,34 +122,34 @@ func TestRestoreCorruptedMemoryImageVerified(t *testing.T) {
 	e := setup(t, harness.Options{ShimConfig: "[checkpoint]\nverify = true\n"})
 	id := harness.RandomID("verified")
 	args := []string{"/workload", "memhold", "--mib", "64", "--seed", "37", "--interval", "300ms"}
-	p := e.run(id, args)
-	sum := memholdSum(t, p.out)
-	p.out.WaitFor(t, `^ok sum=`, lineTimeout)
-	good := e.imagePathDir("good")
+	p := e.Run(id, args)
+	sum := memholdSum(t, p.Out)
+	p.Out.WaitFor(t, `^ok sum=`, lineTimeout)
+	good := e.ImagePathDir("good")
 	if err := e.checkpointToPath(p, good, true); err != nil {
 		t.Fatal(err)
 	}
-	e.waitExit(p)
-	e.deleteTask(p)
+	e.WaitExit(p)
+	e.DeleteTask(p)
 	checkCompleteImage(t, good)
 
-	bad := e.imagePathDir("bad")
+	bad := e.ImagePathDir("bad")
 	copyImage(t, good, bad)
 	scribble(t, filepath.Join(bad, "pages.img"))
 	cid := harness.RandomID("verified-bad")
-	_, err := e.restoreFromPath(e.newContainer(cid, args, nil), bad)
+	_, err := e.restoreFromPath(e.NewContainer(cid, args, nil), bad)
 	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "pages.img has CRC-32C") {
 		t.Fatalf("restore of a damaged image with verify: %v, want FailedPrecondition naming pages.img's checksum", err)
 	}
-	e.checkNoTrace(cid)
+	e.CheckNoTrace(cid)
 
-	ok, err := e.restoreFromPath(p.c, good)
+	ok, err := e.restoreFromPath(p.C, good)
 	if err != nil {
 		t.Fatalf("restore of the undamaged image: %v", err)
 	}
-	checkMemhold(t, ok.out, 0, sum)
-	e.killAndDelete(ok)
-	e.checkNoTrace(id)
-	e.removeContainer(p.c)
+	checkMemhold(t, ok.Out, 0, sum)
+	e.KillAndDelete(ok)
+	e.CheckNoTrace(id)
+	e.RemoveContainer(p.C)
 	e.checkNoLeftovers()
 }

@@ -14,224 +14,51 @@
 package fault
 
 import (
-	"context"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
-	"github.com/containerd/containerd/v2/pkg/oci"
 
 	ckpt "github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/checkpoint"
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/ckenv"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/harness"
 )
 
 const (
-	// startTimeout bounds a sandbox start or restore and the first output after it.
-	startTimeout = 2 * time.Minute
-	// lineTimeout bounds the wait for the next line of a running workload.
-	lineTimeout = 30 * time.Second
+	startTimeout = ckenv.StartTimeout
+	lineTimeout  = ckenv.LineTimeout
 	// testTimeout bounds one test's client calls.
 	testTimeout = 10 * time.Minute
 )
 
-var counterArgs = []string{"/workload", "counter", "--interval", "100ms"}
+// env is one test's daemon with the test image imported (ckenv.Env), plus this
+// suite's own helpers.
+type env struct{ *ckenv.Env }
 
-// env is one test's daemon with the test image imported.
-type env struct {
-	t      *testing.T
-	d      *harness.Daemon
-	ctx    context.Context
-	client *containerd.Client
-	image  containerd.Image
-}
+// proc is a task with its output and exit channel.
+type proc = ckenv.Proc
 
 // setup starts a private containerd with the shim and imports the test image.
 func setup(t *testing.T, opts harness.Options) *env {
 	t.Helper()
-	d := harness.StartContainerd(t, opts)
-	ref := d.ImportTestImage(t)
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	t.Cleanup(cancel)
-	image, err := d.Client().GetImage(ctx, ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &env{t: t, d: d, ctx: ctx, client: d.Client(), image: image}
+	return &env{ckenv.Setup(t, opts, testTimeout)}
 }
 
 // sub returns e for a subtest: same daemon, the subtest's failures.
-func (e *env) sub(t *testing.T) *env {
-	c := *e
-	c.t = t
-	return &c
-}
+func (e *env) sub(t *testing.T) *env { return &env{e.Env.Sub(t)} }
 
-// newContainer creates a container of the test image running args under the shim
-// (with the daemon's shim config unless runtime is given).
-func (e *env) newContainer(id string, args []string, runtime containerd.NewContainerOpts, specOpts ...oci.SpecOpts) containerd.Container {
-	e.t.Helper()
-	if runtime == nil {
-		runtime = e.d.RuntimeOpts()
-	}
-	so := append([]oci.SpecOpts{oci.WithImageConfig(e.image), oci.WithProcessArgs(args...)}, specOpts...)
-	c, err := e.client.NewContainer(e.ctx, id,
-		containerd.WithImage(e.image),
-		containerd.WithNewSnapshot(id, e.image),
-		runtime,
-		containerd.WithNewSpec(so...),
-	)
-	if err != nil {
-		e.t.Fatalf("create container %s: %v", id, err)
-	}
-	return c
-}
+var counterArgs = []string{"/workload", "counter", "--interval", "100ms"}
 
 // runcRuntime selects the shim with runc options, so that a restore can be asked
 // for through CriuImagePath (containerd.WithRestoreImagePath).
 func (e *env) runcRuntime() containerd.NewContainerOpts {
-	return containerd.WithRuntime(e.d.RuntimeName, &runcoptions.Options{BinaryName: e.d.Tools.Runsc, Root: e.d.RunscRoot})
-}
-
-// proc is a task with its output and exit channel.
-type proc struct {
-	c     containerd.Container
-	task  containerd.Task
-	out   *harness.LineBuffer
-	exitC <-chan containerd.ExitStatus
-	// io is the task's IO when the task object does not own it (restoreFromPath).
-	io cio.IO
-}
-
-// startTask creates and starts c's task with fresh IO into a LineBuffer; with
-// containerd.WithTaskCheckpoint or WithRestoreImagePath among opts it restores.
-func (e *env) startTask(c containerd.Container, opts ...containerd.NewTaskOpts) *proc {
-	e.t.Helper()
-	p, err := e.tryStartTask(c, opts...)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return p
-}
-
-func (e *env) tryStartTask(c containerd.Container, opts ...containerd.NewTaskOpts) (*proc, error) {
-	out := harness.NewLineBuffer()
-	task, err := c.NewTask(e.ctx, e.d.IO(nil, out, out), opts...)
-	if err != nil {
-		return nil, fmt.Errorf("new task %s: %w", c.ID(), err)
-	}
-	exitC, err := task.Wait(e.ctx)
-	if err != nil {
-		return nil, fmt.Errorf("wait %s: %w", c.ID(), err)
-	}
-	if err := task.Start(e.ctx); err != nil {
-		_, _ = task.Delete(e.ctx, containerd.WithProcessKill)
-		return nil, fmt.Errorf("start %s: %w (output: %q)", c.ID(), err, out.String())
-	}
-	return &proc{c: c, task: task, out: out, exitC: exitC}, nil
-}
-
-// run creates a container running args and starts it.
-func (e *env) run(id string, args []string, specOpts ...oci.SpecOpts) *proc {
-	e.t.Helper()
-	return e.startTask(e.newContainer(id, args, nil, specOpts...))
-}
-
-// waitExit waits for the task's exit and returns its status.
-func (e *env) waitExit(p *proc) uint32 {
-	e.t.Helper()
-	select {
-	case st := <-p.exitC:
-		code, _, err := st.Result()
-		if err != nil {
-			e.t.Fatalf("exit of %s: %v", p.c.ID(), err)
-		}
-		return code
-	case <-time.After(startTimeout):
-		e.t.Fatalf("task %s did not exit; output:\n%s", p.c.ID(), p.out)
-	}
-	return 0
-}
-
-// deleteTask deletes an exited task and returns the exit status Delete reports.
-func (e *env) deleteTask(p *proc) uint32 {
-	e.t.Helper()
-	st, err := p.task.Delete(e.ctx)
-	if err != nil {
-		e.t.Fatalf("delete task %s: %v", p.c.ID(), err)
-	}
-	if p.io != nil {
-		p.io.Wait()
-		p.io.Close()
-	}
-	return st.ExitCode()
-}
-
-// killAndDelete kills the task with SIGKILL, waits for it and deletes it.
-func (e *env) killAndDelete(p *proc) {
-	e.t.Helper()
-	if err := p.task.Kill(e.ctx, syscall.SIGKILL); err != nil {
-		e.t.Fatalf("kill %s: %v", p.c.ID(), err)
-	}
-	if code := e.waitExit(p); code != 128+uint32(syscall.SIGKILL) {
-		e.t.Errorf("%s exited with %d after SIGKILL, want %d", p.c.ID(), code, 128+syscall.SIGKILL)
-	}
-	e.deleteTask(p)
-}
-
-// removeContainer deletes the container and its snapshot (its task must be gone).
-func (e *env) removeContainer(c containerd.Container) {
-	e.t.Helper()
-	if err := c.Delete(e.ctx, containerd.WithSnapshotCleanup); err != nil {
-		e.t.Fatalf("delete container %s: %v", c.ID(), err)
-	}
-}
-
-var countRE = regexp.MustCompile(`^count=(\d+)$`)
-
-// counts returns the values of the count=N lines in lines.
-func counts(lines []string) []int {
-	var out []int
-	for _, l := range lines {
-		if m := countRE.FindStringSubmatch(l); m != nil {
-			n, _ := strconv.Atoi(m[1])
-			out = append(out, n)
-		}
-	}
-	return out
-}
-
-// waitCount waits for a count line at index >= from whose value is at least atLeast
-// and returns the value and the line's index.
-func waitCount(t *testing.T, out *harness.LineBuffer, from, atLeast int) (int, int) {
-	t.Helper()
-	for {
-		line, i := out.WaitForFrom(t, from, `^count=\d+$`, lineTimeout)
-		n, _ := strconv.Atoi(strings.TrimPrefix(line, "count="))
-		if n >= atLeast {
-			return n, i
-		}
-		from = i + 1
-	}
-}
-
-// lastCount returns the last count printed, or -1.
-func lastCount(out *harness.LineBuffer) int {
-	c := counts(out.Lines())
-	if len(c) == 0 {
-		return -1
-	}
-	return c[len(c)-1]
+	return containerd.WithRuntime(e.D.RuntimeName, &runcoptions.Options{BinaryName: e.D.Tools.Runsc, Root: e.D.RunscRoot})
 }
 
 // checkContinues fails unless the restored counter's first value lies in [lo, hi+1]
@@ -240,9 +67,9 @@ func lastCount(out *harness.LineBuffer) int {
 // one. It returns the first and the last value seen.
 func checkContinues(t *testing.T, restored *harness.LineBuffer, lo, hi int) (int, int) {
 	t.Helper()
-	first, i := waitCount(t, restored, 0, 0)
-	waitCount(t, restored, i+1, first+1)
-	c := counts(restored.Lines())
+	first, i := ckenv.WaitCount(t, restored, 0, 0)
+	ckenv.WaitCount(t, restored, i+1, first+1)
+	c := ckenv.Counts(restored.Lines())
 	if first < lo || first > hi+1 {
 		t.Fatalf("restored counter started at %d; the checkpoint was taken between count=%d and count=%d, so it must continue from there (a restarted process starts at 0)", first, lo, hi)
 	}
@@ -254,29 +81,11 @@ func checkContinues(t *testing.T, restored *harness.LineBuffer, lo, hi int) (int
 	return first, c[len(c)-1]
 }
 
-// withCheckpointOptions sets the runc CheckpointOptions the client sends.
-func withCheckpointOptions(o any) containerd.CheckpointTaskOpts {
-	return func(r *containerd.CheckpointTaskInfo) error {
-		r.Options = o
-		return nil
-	}
-}
-
-// imagePathDir returns a new, not yet existing directory under the daemon's directory
-// for an image_path checkpoint (removed with the daemon's directory).
-func (e *env) imagePathDir(name string) string {
-	dir := filepath.Join(e.d.Dir, "ckpt", harness.RandomID(name))
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		e.t.Fatal(err)
-	}
-	return dir
-}
-
 // checkpointToPath checkpoints p into the new directory dir (image_path, so containerd
 // packs nothing), with exit or leave-running.
 func (e *env) checkpointToPath(p *proc, dir string, exit bool) error {
-	_, err := p.task.Checkpoint(e.ctx, containerd.WithCheckpointName("localhost/ckpt/"+p.c.ID()+":"+filepath.Base(dir)),
-		withCheckpointOptions(&runcoptions.CheckpointOptions{Exit: exit, ImagePath: dir}))
+	_, err := p.Task.Checkpoint(e.Ctx, containerd.WithCheckpointName("localhost/ckpt/"+p.C.ID()+":"+filepath.Base(dir)),
+		ckenv.WithCheckpointOptions(&runcoptions.CheckpointOptions{Exit: exit, ImagePath: dir}))
 	return err
 }
 
@@ -284,7 +93,7 @@ func (e *env) checkpointToPath(p *proc, dir string, exit bool) error {
 // runsc-cuda.json listing every other file with its size.
 func checkCompleteImage(t *testing.T, dir string) *ckpt.Metadata {
 	t.Helper()
-	names := dirNames(t, dir)
+	names := ckenv.DirNames(t, dir)
 	for _, n := range names {
 		fi, err := os.Lstat(filepath.Join(dir, n))
 		if err != nil {
@@ -311,7 +120,7 @@ func checkCompleteImage(t *testing.T, dir string) *ckpt.Metadata {
 // a runsc-cuda.json, or (with strict) any file at all.
 func checkNoValidImage(t *testing.T, dir string, strict bool) {
 	t.Helper()
-	names := dirNames(t, dir)
+	names := ckenv.DirNames(t, dir)
 	if slices.Contains(names, ckpt.MetadataFile) {
 		t.Fatalf("a failed checkpoint left %s in %s (files %v): it looks complete", ckpt.MetadataFile, dir, names)
 	}
@@ -323,167 +132,39 @@ func checkNoValidImage(t *testing.T, dir string, strict bool) {
 	}
 }
 
-// dirNames returns the names in dir (nil when it does not exist).
-func dirNames(t *testing.T, dir string) []string {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if os.IsNotExist(err) {
-		return nil
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, en := range entries {
-		names = append(names, en.Name())
-	}
-	return names
-}
-
-// runsc runs the daemon's runsc against the shim's state root of sandbox
-// (nsRoot/<sandbox id>; a container that is its own sandbox has its id).
-func (e *env) runsc(sandbox string, args ...string) (string, error) {
-	root := filepath.Join(e.d.RunscRoot, e.d.Namespace, sandbox)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, e.d.Tools.Runsc, append([]string{"--root", root}, args...)...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("runsc %s: %w: %s", strings.Join(args, " "), err, out)
-	}
-	return string(out), nil
-}
-
-// runscStatus returns runsc's status of container id ("running", "paused", ...), or ""
-// when runsc has no state for it.
-func (e *env) runscStatus(id string) string {
-	e.t.Helper()
-	out, err := e.runsc(id, "list")
-	if err != nil {
-		if _, serr := os.Stat(filepath.Join(e.d.RunscRoot, e.d.Namespace, id)); os.IsNotExist(serr) {
-			return ""
-		}
-		e.t.Fatal(err)
-	}
-	for _, line := range strings.Split(out, "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 3 && f[0] == id {
-			return f[2]
-		}
-	}
-	return ""
-}
-
-// checkRunning fails unless the task is running for containerd and for runsc, and
-// keeps printing counts.
-func (e *env) checkRunning(p *proc) {
-	e.t.Helper()
-	st, err := p.task.Status(e.ctx)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if st.Status != containerd.Running {
-		e.t.Fatalf("task %s is %s, want running", p.c.ID(), st.Status)
-	}
-	if s := e.runscStatus(p.c.ID()); s != "running" {
-		e.t.Fatalf("runsc reports %s as %q, want running", p.c.ID(), s)
-	}
-	n := p.out.Len()
-	waitCount(e.t, p.out, n, lastCount(p.out)+1)
-}
-
-// cgroupsOf returns the cgroup directories on this host named for container id under
-// the test namespace (containerd's default cgroupsPath is /<namespace>/<id>).
-func (e *env) cgroupsOf(id string) []string {
-	var found []string
-	for _, pattern := range []string{
-		filepath.Join("/sys/fs/cgroup", "*", e.d.Namespace, id),
-		filepath.Join("/sys/fs/cgroup", e.d.Namespace, id),
-	} {
-		m, _ := filepath.Glob(pattern)
-		found = append(found, m...)
-	}
-	return found
-}
-
-// checkNoTrace waits until nothing of container id's task is left: no runsc state, no
-// task bundle, no mount, cgroup or process naming it.
-func (e *env) checkNoTrace(id string) {
-	e.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var left []string
-		if s := e.runscStatus(id); s != "" {
-			left = append(left, "runsc state "+s)
-		}
-		bundle := filepath.Join(e.d.State, "io.containerd.runtime.v2.task", e.d.Namespace, id)
-		if _, err := os.Stat(bundle); err == nil {
-			left = append(left, "bundle "+bundle)
-		}
-		mounts, err := e.d.Mounts()
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		for _, m := range mounts {
-			if strings.Contains(m, id) {
-				left = append(left, "mount "+m)
-			}
-		}
-		procs, err := e.d.Processes()
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		for _, p := range procs {
-			if slices.ContainsFunc(p.Cmdline, func(a string) bool { return strings.Contains(a, id) }) {
-				left = append(left, "process "+p.String())
-			}
-		}
-		for _, cg := range e.cgroupsOf(id) {
-			left = append(left, "cgroup "+cg)
-		}
-		if len(left) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("left behind by %s:\n  %s", id, strings.Join(left, "\n  "))
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // checkNoLeftovers waits until the daemon has nothing but itself left: no process
 // other than containerd, no mount but runsc's null-netns pin, no runsc container
 // state, and no task bundle.
 func (e *env) checkNoLeftovers() {
-	e.t.Helper()
-	root := filepath.Join(e.d.RunscRoot, e.d.Namespace)
+	e.T.Helper()
+	root := filepath.Join(e.D.RunscRoot, e.D.Namespace)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var problems []string
-		procs, err := e.d.Processes()
+		procs, err := e.D.Processes()
 		if err != nil {
-			e.t.Fatal(err)
+			e.T.Fatal(err)
 		}
 		for _, p := range procs {
-			if p.PID != e.d.PID() {
+			if p.PID != e.D.PID() {
 				problems = append(problems, "process "+p.String())
 			}
 		}
-		mounts, err := e.d.Mounts()
+		mounts, err := e.D.Mounts()
 		if err != nil {
-			e.t.Fatal(err)
+			e.T.Fatal(err)
 		}
 		for _, m := range mounts {
 			problems = append(problems, "mount "+m)
 		}
 		left, err := harness.RunscLeftovers(root)
 		if err != nil {
-			e.t.Fatal(err)
+			e.T.Fatal(err)
 		}
 		for _, s := range left {
 			problems = append(problems, "runsc "+s)
 		}
-		bundles, _ := os.ReadDir(filepath.Join(e.d.State, "io.containerd.runtime.v2.task", e.d.Namespace))
+		bundles, _ := os.ReadDir(filepath.Join(e.D.State, "io.containerd.runtime.v2.task", e.D.Namespace))
 		for _, b := range bundles {
 			problems = append(problems, "bundle "+b.Name())
 		}
@@ -491,7 +172,7 @@ func (e *env) checkNoLeftovers() {
 			return
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("left behind:\n  %s", strings.Join(problems, "\n  "))
+			e.T.Fatalf("left behind:\n  %s", strings.Join(problems, "\n  "))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -500,10 +181,10 @@ func (e *env) checkNoLeftovers() {
 // runscCheckpointProcess returns the `runsc ... checkpoint ...` host process of
 // container id, if one runs.
 func (e *env) runscCheckpointProcess(id string) (harness.Process, bool) {
-	e.t.Helper()
-	procs, err := e.d.Processes()
+	e.T.Helper()
+	procs, err := e.D.Processes()
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	for _, p := range procs {
 		if len(p.Cmdline) > 1 && filepath.Base(p.Cmdline[0]) == "runsc" &&
@@ -516,10 +197,10 @@ func (e *env) runscCheckpointProcess(id string) (harness.Process, bool) {
 
 // sandboxProcess returns the runsc-sandbox host process of container id.
 func (e *env) sandboxProcess(id string) (harness.Process, bool) {
-	e.t.Helper()
-	procs, err := e.d.Processes()
+	e.T.Helper()
+	procs, err := e.D.Processes()
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	for _, p := range procs {
 		if len(p.Cmdline) > 0 && p.Cmdline[0] == "runsc-sandbox" && slices.ContainsFunc(p.Cmdline, func(a string) bool { return strings.Contains(a, id) }) {
@@ -580,22 +261,22 @@ func checkMemhold(t *testing.T, out *harness.LineBuffer, from int, sum string) {
 func (e *env) restoreFromPath(c containerd.Container, dir string) (*proc, error) {
 	out := harness.NewLineBuffer()
 	var taskIO cio.IO
-	create := e.d.IO(nil, out, out)
+	create := e.D.IO(nil, out, out)
 	keep := func(id string) (cio.IO, error) {
 		i, err := create(id)
 		taskIO = i
 		return i, err
 	}
-	if _, err := c.Restore(e.ctx, keep, dir); err != nil {
+	if _, err := c.Restore(e.Ctx, keep, dir); err != nil {
 		return nil, err
 	}
-	task, err := c.Task(e.ctx, nil)
+	task, err := c.Task(e.Ctx, nil)
 	if err != nil {
 		return nil, err
 	}
-	exitC, err := task.Wait(e.ctx)
+	exitC, err := task.Wait(e.Ctx)
 	if err != nil {
 		return nil, err
 	}
-	return &proc{c: c, task: task, out: out, exitC: exitC, io: taskIO}, nil
+	return &proc{C: c, Task: task, Out: out, ExitC: exitC, IO: taskIO}, nil
 }

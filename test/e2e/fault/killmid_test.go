@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/ckenv"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/harness"
 )
 
@@ -29,7 +30,7 @@ var busyArgs = []string{"/bin/sh", "-c", "/workload memhold --mib 512 --seed 11 
 // runsc is writing the memory file (pages.img past 16 MiB, the `runsc checkpoint`
 // process still running), calls strike, and returns the checkpoint's error.
 func (e *env) midCheckpoint(p *proc, dir string, exit bool, strike func(runscCheckpoint harness.Process)) error {
-	e.t.Helper()
+	e.T.Helper()
 	errC := make(chan error, 1)
 	go func() { errC <- e.checkpointToPath(p, dir, exit) }()
 	var victim harness.Process
@@ -40,7 +41,7 @@ func (e *env) midCheckpoint(p *proc, dir string, exit bool, strike func(runscChe
 			return true
 		default:
 		}
-		pr, ok := e.runscCheckpointProcess(p.c.ID())
+		pr, ok := e.runscCheckpointProcess(p.C.ID())
 		if ok && fileSize(filepath.Join(dir, "pages.img")) > 16<<20 {
 			victim = pr
 			return true
@@ -49,16 +50,16 @@ func (e *env) midCheckpoint(p *proc, dir string, exit bool, strike func(runscChe
 	})
 	if !caught || victim.PID == 0 {
 		err := <-errC
-		e.t.Fatalf("the checkpoint was never seen writing pages.img (finished with %v; files %v); the workload is too small to strike mid-way", err, dirNames(e.t, dir))
+		e.T.Fatalf("the checkpoint was never seen writing pages.img (finished with %v; files %v); the workload is too small to strike mid-way", err, ckenv.DirNames(e.T, dir))
 	}
 	t0 := time.Now()
 	strike(victim)
 	select {
 	case err := <-errC:
-		e.t.Logf("checkpoint returned %v after the strike, at %d bytes of pages.img", time.Since(t0).Round(time.Millisecond), fileSize(filepath.Join(dir, "pages.img")))
+		e.T.Logf("checkpoint returned %v after the strike, at %d bytes of pages.img", time.Since(t0).Round(time.Millisecond), fileSize(filepath.Join(dir, "pages.img")))
 		return err
 	case <-time.After(startTimeout):
-		e.t.Fatalf("the checkpoint did not return within %v of the strike", startTimeout)
+		e.T.Fatalf("the checkpoint did not return within %v of the strike", startTimeout)
 	}
 	return nil
 }
@@ -78,15 +79,15 @@ func (e *env) midCheckpoint(p *proc, dir string, exit bool, strike func(runscChe
 func TestCheckpointRunscKilled(t *testing.T) {
 	e := setup(t, harness.Options{})
 	id := harness.RandomID("killmid")
-	p := e.run(id, busyArgs)
-	sum := memholdSum(t, p.out)
-	waitCount(t, p.out, 0, 3)
+	p := e.Run(id, busyArgs)
+	sum := memholdSum(t, p.Out)
+	ckenv.WaitCount(t, p.Out, 0, 3)
 
 	for _, exit := range []bool{false, true} {
 		name := map[bool]string{false: "leave-running", true: "exit"}[exit]
 		t.Run("runsc-killed-"+name, func(t *testing.T) {
 			e := e.sub(t)
-			dir := e.imagePathDir(name)
+			dir := e.ImagePathDir(name)
 			err := e.midCheckpoint(p, dir, exit, func(victim harness.Process) {
 				if err := syscall.Kill(victim.PID, syscall.SIGKILL); err != nil {
 					t.Fatalf("kill runsc checkpoint %d: %v", victim.PID, err)
@@ -102,9 +103,9 @@ func TestCheckpointRunscKilled(t *testing.T) {
 			// The sandbox may still be saving into the files runsc opened; the shim
 			// removed their names, so nothing reappears.
 			checkNoValidImage(t, dir, true)
-			n := p.out.Len()
-			e.checkRunning(p)
-			checkMemhold(t, p.out, n, sum)
+			n := p.Out.Len()
+			e.CheckRunning(p)
+			checkMemhold(t, p.Out, n, sum)
 			if pr, ok := e.runscCheckpointProcess(id); ok {
 				t.Errorf("runsc checkpoint still runs: %v", pr)
 			}
@@ -114,38 +115,38 @@ func TestCheckpointRunscKilled(t *testing.T) {
 	}
 
 	// No data lost: a checkpoint that finishes restores the same memory and count.
-	dir := e.imagePathDir("final")
-	lo := lastCount(p.out)
+	dir := e.ImagePathDir("final")
+	lo := ckenv.LastCount(p.Out)
 	if err := e.checkpointToPath(p, dir, true); err != nil {
 		t.Fatalf("checkpoint after the killed ones: %v", err)
 	}
-	if code := e.waitExit(p); code != 137 {
+	if code := e.WaitExit(p); code != 137 {
 		t.Errorf("exit status after the exit checkpoint %d, want 137", code)
 	}
-	e.deleteTask(p)
-	hi := lastCount(p.out)
+	e.DeleteTask(p)
+	hi := ckenv.LastCount(p.Out)
 	checkCompleteImage(t, dir)
-	r, err := e.restoreFromPath(p.c, dir)
+	r, err := e.restoreFromPath(p.C, dir)
 	if err != nil {
 		t.Fatalf("restore: %v", err)
 	}
-	checkContinues(t, r.out, lo, hi)
-	checkMemhold(t, r.out, 0, sum)
-	e.killAndDelete(r)
-	e.checkNoTrace(id)
-	e.removeContainer(p.c)
+	checkContinues(t, r.Out, lo, hi)
+	checkMemhold(t, r.Out, 0, sum)
+	e.KillAndDelete(r)
+	e.CheckNoTrace(id)
+	e.RemoveContainer(p.C)
 
 	t.Run("sandbox-killed", func(t *testing.T) {
 		e := e.sub(t)
 		id := harness.RandomID("killsandbox")
-		p := e.run(id, busyArgs)
-		memholdSum(t, p.out)
-		waitCount(t, p.out, 0, 3)
+		p := e.Run(id, busyArgs)
+		memholdSum(t, p.Out)
+		ckenv.WaitCount(t, p.Out, 0, 3)
 		sandbox, ok := e.sandboxProcess(id)
 		if !ok {
 			t.Fatalf("no runsc-sandbox process of %s", id)
 		}
-		dir := e.imagePathDir("sandbox-killed")
+		dir := e.ImagePathDir("sandbox-killed")
 		err := e.midCheckpoint(p, dir, false, func(harness.Process) {
 			if err := syscall.Kill(sandbox.PID, syscall.SIGKILL); err != nil {
 				t.Fatalf("kill the sandbox %d: %v", sandbox.PID, err)
@@ -158,15 +159,15 @@ func TestCheckpointRunscKilled(t *testing.T) {
 		if strings.Contains(err.Error(), "keeps running") || !strings.Contains(err.Error(), "no longer running") {
 			t.Errorf("error %q must say that the container is no longer running", err)
 		}
-		if code := e.waitExit(p); code != 137 {
+		if code := e.WaitExit(p); code != 137 {
 			t.Errorf("exit status %d after the sandbox was killed, want 137", code)
 		}
 		checkNoValidImage(t, dir, true)
-		if code := e.deleteTask(p); code != 137 {
+		if code := e.DeleteTask(p); code != 137 {
 			t.Errorf("delete reported %d, want 137", code)
 		}
-		e.checkNoTrace(id)
-		e.removeContainer(p.c)
+		e.CheckNoTrace(id)
+		e.RemoveContainer(p.C)
 	})
 	e.checkNoLeftovers()
 }
@@ -175,10 +176,10 @@ func TestCheckpointRunscKilled(t *testing.T) {
 // shim binary started with -id id, other than its not yet exec'd children (which
 // show the same command line) and the short-lived `start`/`delete` invocations.
 func (e *env) shimProcess(id string) (harness.Process, bool) {
-	e.t.Helper()
-	procs, err := e.d.Processes()
+	e.T.Helper()
+	procs, err := e.D.Processes()
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	isShim := func(p harness.Process) bool {
 		return len(p.Cmdline) > 0 && filepath.Base(p.Cmdline[0]) == harness.ShimBinaryName &&
@@ -223,15 +224,15 @@ func parentPID(pid int) int {
 func TestShimKilledDuringCheckpoint(t *testing.T) {
 	e := setup(t, harness.Options{})
 	id := harness.RandomID("shimkill")
-	p := e.run(id, busyArgs)
-	memholdSum(t, p.out)
-	waitCount(t, p.out, 0, 3)
+	p := e.Run(id, busyArgs)
+	memholdSum(t, p.Out)
+	ckenv.WaitCount(t, p.Out, 0, 3)
 	shim, ok := e.shimProcess(id)
 	if !ok {
 		t.Fatalf("no shim process of %s", id)
 	}
 	exits := e.taskExits(id)
-	dir := e.imagePathDir("shimkill")
+	dir := e.ImagePathDir("shimkill")
 	err := e.midCheckpoint(p, dir, false, func(harness.Process) {
 		if err := syscall.Kill(shim.PID, syscall.SIGKILL); err != nil {
 			t.Fatalf("kill the shim %d: %v", shim.PID, err)
@@ -251,33 +252,33 @@ func TestShimKilledDuringCheckpoint(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("no TaskExit within a minute of the shim's death")
 	}
-	if _, err := p.task.Delete(e.ctx); err != nil && !errdefs.IsNotFound(err) {
+	if _, err := p.Task.Delete(e.Ctx); err != nil && !errdefs.IsNotFound(err) {
 		t.Errorf("delete after the shim died: %v", err)
 	}
-	e.checkNoTrace(id)
+	e.CheckNoTrace(id)
 	checkNoValidImage(t, dir, true)
 
 	cid := harness.RandomID("shimkill-restore")
-	_, rerr := e.restoreFromPath(e.newContainer(cid, busyArgs, nil), dir)
+	_, rerr := e.restoreFromPath(e.NewContainer(cid, busyArgs, nil), dir)
 	if rerr == nil || !errdefs.IsFailedPrecondition(rerr) {
 		t.Fatalf("restore from the interrupted checkpoint: %v, want FailedPrecondition", rerr)
 	}
 	t.Logf("restore refused: %v", rerr)
-	e.checkNoTrace(cid)
-	c, err := e.client.LoadContainer(e.ctx, cid)
+	e.CheckNoTrace(cid)
+	c, err := e.Client.LoadContainer(e.Ctx, cid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.removeContainer(c)
-	e.removeContainer(p.c)
+	e.RemoveContainer(c)
+	e.RemoveContainer(p.C)
 	e.checkNoLeftovers()
 }
 
 // taskExits delivers the TaskExit events of container id's init process.
 func (e *env) taskExits(id string) <-chan *eventstypes.TaskExit {
-	ctx, cancel := context.WithCancel(e.ctx)
-	e.t.Cleanup(cancel)
-	ch, _ := e.client.Subscribe(ctx, `topic=="/tasks/exit"`)
+	ctx, cancel := context.WithCancel(e.Ctx)
+	e.T.Cleanup(cancel)
+	ch, _ := e.Client.Subscribe(ctx, `topic=="/tasks/exit"`)
 	out := make(chan *eventstypes.TaskExit, 4)
 	go func() {
 		for env := range ch {

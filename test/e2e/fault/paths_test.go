@@ -11,6 +11,7 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/errdefs"
 
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/ckenv"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/harness"
 )
 
@@ -30,10 +31,10 @@ import (
 func TestCheckpointPathsAndPermissions(t *testing.T) {
 	e := setup(t, harness.Options{})
 	id := harness.RandomID("paths")
-	p := e.run(id, counterArgs)
-	waitCount(t, p.out, 0, 2)
+	p := e.Run(id, counterArgs)
+	ckenv.WaitCount(t, p.Out, 0, 2)
 
-	base := e.imagePathDir("perm")
+	base := e.ImagePathDir("perm")
 	for name, path := range map[string]string{
 		"relative": "ckpt/" + id,
 		"dotdot":   base + "/../escaped",
@@ -46,13 +47,13 @@ func TestCheckpointPathsAndPermissions(t *testing.T) {
 				t.Fatalf("checkpoint to %q: %v, want InvalidArgument (absolute and clean)", path, err)
 			}
 			t.Logf("refused: %v", err)
-			bundle := filepath.Join(e.d.State, "io.containerd.runtime.v2.task", e.d.Namespace, id)
+			bundle := filepath.Join(e.D.State, "io.containerd.runtime.v2.task", e.D.Namespace, id)
 			for _, p := range []string{filepath.Join(bundle, "ckpt"), filepath.Join(filepath.Dir(base), "escaped"), base} {
 				if _, err := os.Stat(p); err == nil {
 					t.Errorf("a refused checkpoint created %s", p)
 				}
 			}
-			e.checkRunning(p)
+			e.CheckRunning(p)
 		})
 	}
 
@@ -60,17 +61,17 @@ func TestCheckpointPathsAndPermissions(t *testing.T) {
 		t.Run("restore-"+name, func(t *testing.T) {
 			e := e.sub(t)
 			cid := harness.RandomID("restore-" + name)
-			_, err := e.tryStartTask(e.newContainer(cid, counterArgs, e.runcRuntime()), containerd.WithRestoreImagePath(path))
+			_, err := e.TryStartTask(e.NewContainer(cid, counterArgs, e.runcRuntime()), containerd.WithRestoreImagePath(path))
 			if err == nil || !errdefs.IsInvalidArgument(err) {
 				t.Fatalf("restore from %q: %v, want InvalidArgument", path, err)
 			}
 			t.Logf("refused: %v", err)
-			e.checkNoTrace(cid)
-			c, err := e.client.LoadContainer(e.ctx, cid)
+			e.CheckNoTrace(cid)
+			c, err := e.Client.LoadContainer(e.Ctx, cid)
 			if err != nil {
 				t.Fatal(err)
 			}
-			e.removeContainer(c)
+			e.RemoveContainer(c)
 		})
 	}
 
@@ -79,7 +80,7 @@ func TestCheckpointPathsAndPermissions(t *testing.T) {
 	// not listed before: the subdirectory with its contents.
 	t.Run("subdirectory-only", func(t *testing.T) {
 		e := e.sub(t)
-		dir := e.imagePathDir("subdir")
+		dir := e.ImagePathDir("subdir")
 		keep := filepath.Join(dir, "keep", "data.txt")
 		if err := os.MkdirAll(filepath.Dir(keep), 0o755); err != nil {
 			t.Fatal(err)
@@ -94,7 +95,7 @@ func TestCheckpointPathsAndPermissions(t *testing.T) {
 		if b, err := os.ReadFile(keep); err != nil || string(b) != "mine\n" {
 			t.Fatalf("the subdirectory's file is %q, %v after the refused checkpoint", b, err)
 		}
-		e.checkRunning(p)
+		e.CheckRunning(p)
 	})
 
 	t.Run("modes", func(t *testing.T) {
@@ -113,7 +114,7 @@ func TestCheckpointPathsAndPermissions(t *testing.T) {
 				t.Errorf("%s has mode %v, want 0700 (the shim created it)", d, fi.Mode().Perm())
 			}
 		}
-		for _, n := range dirNames(t, dir) {
+		for _, n := range ckenv.DirNames(t, dir) {
 			fi, err := os.Stat(filepath.Join(dir, n))
 			if err != nil {
 				t.Fatal(err)
@@ -123,11 +124,11 @@ func TestCheckpointPathsAndPermissions(t *testing.T) {
 				t.Errorf("%s has mode %v, want 0600: the image holds the container's memory", n, fi.Mode().Perm())
 			}
 		}
-		e.checkRunning(p)
+		e.CheckRunning(p)
 	})
 
-	e.killAndDelete(p)
-	e.checkNoTrace(id)
-	e.removeContainer(p.c)
+	e.KillAndDelete(p)
+	e.CheckNoTrace(id)
+	e.RemoveContainer(p.C)
 	e.checkNoLeftovers()
 }

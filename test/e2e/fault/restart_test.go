@@ -10,6 +10,7 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 
 	ckpt "github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/checkpoint"
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/ckenv"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/harness"
 )
 
@@ -27,94 +28,94 @@ import (
 func TestContainerdRestartBetweenCheckpointAndRestore(t *testing.T) {
 	e := setup(t, harness.Options{})
 	idA, idB := harness.RandomID("restart-a"), harness.RandomID("restart-b")
-	a := e.run(idA, counterArgs)
-	b := e.run(idB, counterArgs)
-	waitCount(t, a.out, 0, 3)
-	waitCount(t, b.out, 0, 3)
+	a := e.Run(idA, counterArgs)
+	b := e.Run(idB, counterArgs)
+	ckenv.WaitCount(t, a.Out, 0, 3)
+	ckenv.WaitCount(t, b.Out, 0, 3)
 
-	loA := lastCount(a.out)
-	imgA, err := a.task.Checkpoint(e.ctx, containerd.WithCheckpointName("localhost/ckpt/"+idA+":exit"),
-		withCheckpointOptions(&runcoptions.CheckpointOptions{Exit: true}))
+	loA := ckenv.LastCount(a.Out)
+	imgA, err := a.Task.Checkpoint(e.Ctx, containerd.WithCheckpointName("localhost/ckpt/"+idA+":exit"),
+		ckenv.WithCheckpointOptions(&runcoptions.CheckpointOptions{Exit: true}))
 	if err != nil {
 		t.Fatalf("exit checkpoint of A: %v", err)
 	}
-	if code := e.waitExit(a); code != 137 {
+	if code := e.WaitExit(a); code != 137 {
 		t.Errorf("A exited with %d after the exit checkpoint, want 137", code)
 	}
-	e.deleteTask(a)
-	hiA := lastCount(a.out)
+	e.DeleteTask(a)
+	hiA := ckenv.LastCount(a.Out)
 
-	dirB := e.imagePathDir("restart-b")
-	loB := lastCount(b.out)
+	dirB := e.ImagePathDir("restart-b")
+	loB := ckenv.LastCount(b.Out)
 	if err := e.checkpointToPath(b, dirB, false); err != nil {
 		t.Fatalf("leave-running checkpoint of B: %v", err)
 	}
 	checkCompleteImage(t, dirB)
 
-	e.d.Restart(t)
+	e.D.Restart(t)
 
 	// B kept running in its shim; reload it.
-	n := b.out.Len()
-	waitCount(t, b.out, n, lastCount(b.out)+2)
-	lb, err := e.client.LoadContainer(e.ctx, idB)
+	n := b.Out.Len()
+	ckenv.WaitCount(t, b.Out, n, ckenv.LastCount(b.Out)+2)
+	lb, err := e.Client.LoadContainer(e.Ctx, idB)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tb, err := lb.Task(e.ctx, nil)
+	tb, err := lb.Task(e.Ctx, nil)
 	if err != nil {
 		t.Fatalf("reload B's task: %v", err)
 	}
-	exitB, err := tb.Wait(e.ctx)
+	exitB, err := tb.Wait(e.Ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b = &proc{c: lb, task: tb, out: b.out, exitC: exitB}
-	e.checkRunning(b)
+	b = &proc{C: lb, Task: tb, Out: b.Out, ExitC: exitB}
+	e.CheckRunning(b)
 
 	// A's image survived the restart and restores.
-	img, err := e.client.GetImage(e.ctx, imgA.Name())
+	img, err := e.Client.GetImage(e.Ctx, imgA.Name())
 	if err != nil {
 		t.Fatalf("checkpoint image of A after the restart: %v", err)
 	}
-	ca, err := e.client.LoadContainer(e.ctx, idA)
+	ca, err := e.Client.LoadContainer(e.Ctx, idA)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ra := e.startTask(ca, containerd.WithTaskCheckpoint(img))
-	checkContinues(t, ra.out, loA, hiA)
+	ra := e.StartTask(ca, containerd.WithTaskCheckpoint(img))
+	checkContinues(t, ra.Out, loA, hiA)
 
 	// B's directory restores as a clone beside the reloaded B.
 	cloneID := harness.RandomID("restart-b-clone")
-	clone, err := e.restoreFromPath(e.newContainer(cloneID, counterArgs, nil), dirB)
+	clone, err := e.restoreFromPath(e.NewContainer(cloneID, counterArgs, nil), dirB)
 	if err != nil {
 		t.Fatalf("restore of B's directory after the restart: %v", err)
 	}
-	first, _ := waitCount(t, clone.out, 0, 0)
+	first, _ := ckenv.WaitCount(t, clone.Out, 0, 0)
 	if first < loB {
 		t.Errorf("B's clone started at %d, the checkpoint was taken after %d", first, loB)
 	}
-	waitCount(t, clone.out, 0, first+2)
+	ckenv.WaitCount(t, clone.Out, 0, first+2)
 
 	// The reloaded B checkpoints and restores.
-	dirB2 := e.imagePathDir("restart-b2")
-	loB = lastCount(b.out)
+	dirB2 := e.ImagePathDir("restart-b2")
+	loB = ckenv.LastCount(b.Out)
 	if err := e.checkpointToPath(b, dirB2, true); err != nil {
 		t.Fatalf("exit checkpoint of the reloaded B: %v", err)
 	}
-	if code := e.waitExit(b); code != 137 {
+	if code := e.WaitExit(b); code != 137 {
 		t.Errorf("reloaded B exited with %d after the exit checkpoint, want 137", code)
 	}
-	e.deleteTask(b)
-	rb, err := e.restoreFromPath(b.c, dirB2)
+	e.DeleteTask(b)
+	rb, err := e.restoreFromPath(b.C, dirB2)
 	if err != nil {
 		t.Fatalf("restore of the reloaded B: %v", err)
 	}
-	checkContinues(t, rb.out, loB, lastCount(b.out))
+	checkContinues(t, rb.Out, loB, ckenv.LastCount(b.Out))
 
 	for _, p := range []*proc{ra, clone, rb} {
-		e.killAndDelete(p)
-		e.checkNoTrace(p.c.ID())
-		e.removeContainer(p.c)
+		e.KillAndDelete(p)
+		e.CheckNoTrace(p.C.ID())
+		e.RemoveContainer(p.C)
 	}
 	e.checkNoLeftovers()
 }
@@ -129,20 +130,20 @@ func TestContainerdRestartBetweenCheckpointAndRestore(t *testing.T) {
 func TestContainerdStoppedDuringCheckpoint(t *testing.T) {
 	e := setup(t, harness.Options{})
 	id := harness.RandomID("ctrd-stop")
-	p := e.run(id, busyArgs)
-	sum := memholdSum(t, p.out)
-	waitCount(t, p.out, 0, 3)
+	p := e.Run(id, busyArgs)
+	sum := memholdSum(t, p.Out)
+	ckenv.WaitCount(t, p.Out, 0, 3)
 
-	dir := e.imagePathDir("ctrd-stop")
+	dir := e.ImagePathDir("ctrd-stop")
 	errC := make(chan error, 1)
 	go func() { errC <- e.checkpointToPath(p, dir, false) }()
 	if !waitFor(time.Minute, func() bool {
 		_, ok := e.runscCheckpointProcess(id)
 		return ok && fileSize(dir+"/pages.img") > 16<<20
 	}) {
-		t.Fatalf("the checkpoint was never seen writing pages.img (%v)", dirNames(t, dir))
+		t.Fatalf("the checkpoint was never seen writing pages.img (%v)", ckenv.DirNames(t, dir))
 	}
-	if err := e.d.Stop(); err != nil {
+	if err := e.D.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	err := <-errC
@@ -155,7 +156,7 @@ func TestContainerdStoppedDuringCheckpoint(t *testing.T) {
 	if !waitFor(time.Minute, func() bool { _, ok := e.runscCheckpointProcess(id); return !ok }) {
 		t.Fatal("runsc checkpoint still runs a minute after containerd stopped")
 	}
-	names := dirNames(t, dir)
+	names := ckenv.DirNames(t, dir)
 	complete := false
 	if len(names) > 0 {
 		if _, rerr := ckpt.Read(dir); rerr == nil {
@@ -167,46 +168,46 @@ func TestContainerdStoppedDuringCheckpoint(t *testing.T) {
 	}
 	t.Logf("image directory after containerd stopped: %v (complete %t)", names, complete)
 
-	e.d.Restart(t) // already stopped: starts it again
-	lc, err := e.client.LoadContainer(e.ctx, id)
+	e.D.Restart(t) // already stopped: starts it again
+	lc, err := e.Client.LoadContainer(e.Ctx, id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	task, err := lc.Task(e.ctx, nil)
+	task, err := lc.Task(e.Ctx, nil)
 	if err != nil {
 		t.Fatalf("reload the task: %v", err)
 	}
-	st, err := task.Status(e.ctx)
+	st, err := task.Status(e.Ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("task after the restart: %s (runsc: %s)", st.Status, e.runscStatus(id))
+	t.Logf("task after the restart: %s (runsc: %s)", st.Status, e.RunscStatus(id))
 	if st.Status != containerd.Paused {
 		t.Fatalf("task is %s after containerd came back, want paused (containerd paused it for the checkpoint and stopped before resuming it)", st.Status)
 	}
-	if s := e.runscStatus(id); s != "paused" {
+	if s := e.RunscStatus(id); s != "paused" {
 		t.Fatalf("runsc reports %q, want paused", s)
 	}
-	if err := task.Resume(e.ctx); err != nil {
+	if err := task.Resume(e.Ctx); err != nil {
 		t.Fatalf("resume: %v", err)
 	}
-	exitC, err := task.Wait(e.ctx)
+	exitC, err := task.Wait(e.Ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p = &proc{c: lc, task: task, out: p.out, exitC: exitC}
-	n := p.out.Len()
-	e.checkRunning(p)
-	checkMemhold(t, p.out, n, sum)
+	p = &proc{C: lc, Task: task, Out: p.Out, ExitC: exitC}
+	n := p.Out.Len()
+	e.CheckRunning(p)
+	checkMemhold(t, p.Out, n, sum)
 
-	dir2 := e.imagePathDir("ctrd-stop-again")
+	dir2 := e.ImagePathDir("ctrd-stop-again")
 	if err := e.checkpointToPath(p, dir2, false); err != nil {
 		t.Fatalf("checkpoint after containerd came back: %v", err)
 	}
 	checkCompleteImage(t, dir2)
-	e.checkRunning(p)
-	e.killAndDelete(p)
-	e.checkNoTrace(id)
-	e.removeContainer(p.c)
+	e.CheckRunning(p)
+	e.KillAndDelete(p)
+	e.CheckNoTrace(id)
+	e.RemoveContainer(p.C)
 	e.checkNoLeftovers()
 }

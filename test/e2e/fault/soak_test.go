@@ -13,6 +13,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/ckenv"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/harness"
 )
 
@@ -54,27 +55,27 @@ func TestSoak(t *testing.T) {
 	id := harness.RandomID("soak")
 	// runc options, so that the task option CriuImagePath is accepted (containerd
 	// checks that a task's runc options match the container's runtime options).
-	p := e.startTask(e.newContainer(id, soakArgs, e.runcRuntime()))
-	sum := memholdSum(t, p.out)
-	waitCount(t, p.out, 0, 2)
+	p := e.StartTask(e.NewContainer(id, soakArgs, e.runcRuntime()))
+	sum := memholdSum(t, p.Out)
+	ckenv.WaitCount(t, p.Out, 0, 2)
 
 	start := time.Now()
 	var ckptTimes, restoreTimes []time.Duration
 	baseProcs, baseMounts, baseFifos, baseFDs := -1, -1, -1, -1
 	prevDir := ""
 	for i := 1; i <= cycles; i++ {
-		dir := e.imagePathDir("soak")
-		lo := lastCount(p.out)
+		dir := e.ImagePathDir("soak")
+		lo := ckenv.LastCount(p.Out)
 		t0 := time.Now()
 		if err := e.checkpointToPath(p, dir, true); err != nil {
 			t.Fatalf("cycle %d: checkpoint: %v", i, err)
 		}
 		ckptTimes = append(ckptTimes, time.Since(t0))
-		if code := e.waitExit(p); code != 137 {
+		if code := e.WaitExit(p); code != 137 {
 			t.Fatalf("cycle %d: exit status %d after the exit checkpoint, want 137", i, code)
 		}
-		e.deleteTask(p)
-		hi := lastCount(p.out)
+		e.DeleteTask(p)
+		hi := ckenv.LastCount(p.Out)
 		checkCompleteImage(t, dir)
 
 		t0 = time.Now()
@@ -83,16 +84,16 @@ func TestSoak(t *testing.T) {
 		var r *proc
 		var err error
 		if i%2 == 1 {
-			r, err = e.restoreFromPath(p.c, dir)
+			r, err = e.restoreFromPath(p.C, dir)
 		} else {
-			r, err = e.tryStartTask(p.c, containerd.WithRestoreImagePath(dir))
+			r, err = e.TryStartTask(p.C, containerd.WithRestoreImagePath(dir))
 		}
 		if err != nil {
 			t.Fatalf("cycle %d: restore: %v", i, err)
 		}
 		restoreTimes = append(restoreTimes, time.Since(t0))
-		first, _ := checkContinues(t, r.out, lo, hi)
-		checkMemhold(t, r.out, 0, sum)
+		first, _ := checkContinues(t, r.Out, lo, hi)
+		checkMemhold(t, r.Out, 0, sum)
 		p = r
 		if prevDir != "" {
 			if err := os.RemoveAll(prevDir); err != nil {
@@ -101,21 +102,21 @@ func TestSoak(t *testing.T) {
 		}
 		prevDir = dir
 
-		procs, err := e.d.Processes()
+		procs, err := e.D.Processes()
 		if err != nil {
 			t.Fatal(err)
 		}
-		mounts, err := e.d.Mounts()
+		mounts, err := e.D.Mounts()
 		if err != nil {
 			t.Fatal(err)
 		}
-		bundles, _ := os.ReadDir(e.d.State + "/io.containerd.runtime.v2.task/" + e.d.Namespace)
+		bundles, _ := os.ReadDir(e.D.State + "/io.containerd.runtime.v2.task/" + e.D.Namespace)
 		if len(bundles) != 1 {
 			t.Fatalf("cycle %d: %d task bundles, want 1", i, len(bundles))
 		}
-		fifos := len(dirNames(t, filepath.Join(e.d.Dir, "fifo")))
+		fifos := len(ckenv.DirNames(t, filepath.Join(e.D.Dir, "fifo")))
 		if baseProcs < 0 {
-			baseProcs, baseMounts, baseFifos, baseFDs = len(procs), len(mounts), fifos, openFDs(e.d.PID())
+			baseProcs, baseMounts, baseFifos, baseFDs = len(procs), len(mounts), fifos, openFDs(e.D.PID())
 		} else if len(procs) > baseProcs || len(mounts) > baseMounts || fifos > baseFifos {
 			t.Fatalf("cycle %d: %d processes, %d mounts, %d fifo entries; after the first cycle %d, %d, %d: something leaks\nprocesses: %v\nmounts: %v",
 				i, len(procs), len(mounts), fifos, baseProcs, baseMounts, baseFifos, procs, mounts)
@@ -126,10 +127,10 @@ func TestSoak(t *testing.T) {
 		}
 	}
 	// containerd's own descriptors are logged, not asserted: they are containerd's.
-	t.Logf("containerd open file descriptors: %d after the first cycle, %d after the last", baseFDs, openFDs(e.d.PID()))
-	e.killAndDelete(p)
-	e.checkNoTrace(id)
-	e.removeContainer(p.c)
+	t.Logf("containerd open file descriptors: %d after the first cycle, %d after the last", baseFDs, openFDs(e.D.PID()))
+	e.KillAndDelete(p)
+	e.CheckNoTrace(id)
+	e.RemoveContainer(p.C)
 	e.checkNoLeftovers()
 	t.Logf("soak: %d checkpoint/restore cycles in %v; checkpoint median %v max %v; restore median %v max %v",
 		cycles, time.Since(start).Round(time.Second), median(ckptTimes), slices.Max(ckptTimes).Round(time.Millisecond),

@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/ckenv"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/harness"
 )
 
@@ -33,19 +34,19 @@ import (
 func TestRestoreSpecChanged(t *testing.T) {
 	e := setup(t, harness.Options{})
 	id := harness.RandomID("spec")
-	p := e.run(id, counterArgs)
-	waitCount(t, p.out, 0, 3)
-	lo := lastCount(p.out)
-	dir := e.imagePathDir("spec")
+	p := e.Run(id, counterArgs)
+	ckenv.WaitCount(t, p.Out, 0, 3)
+	lo := ckenv.LastCount(p.Out)
+	dir := e.ImagePathDir("spec")
 	if err := e.checkpointToPath(p, dir, true); err != nil {
 		t.Fatal(err)
 	}
-	e.waitExit(p)
-	e.deleteTask(p)
-	hi := lastCount(p.out)
+	e.WaitExit(p)
+	e.DeleteTask(p)
+	hi := ckenv.LastCount(p.Out)
 	checkCompleteImage(t, dir)
 
-	data := filepath.Join(e.d.Dir, "data")
+	data := filepath.Join(e.D.Dir, "data")
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -71,9 +72,9 @@ func TestRestoreSpecChanged(t *testing.T) {
 			cid := harness.RandomID("spec-" + tc.name)
 			var err error
 			if tc.criuPath {
-				_, err = e.tryStartTask(e.newContainer(cid, tc.args, e.runcRuntime(), tc.opts...), containerd.WithRestoreImagePath(dir))
+				_, err = e.TryStartTask(e.NewContainer(cid, tc.args, e.runcRuntime(), tc.opts...), containerd.WithRestoreImagePath(dir))
 			} else {
-				_, err = e.restoreFromPath(e.newContainer(cid, tc.args, nil, tc.opts...), dir)
+				_, err = e.restoreFromPath(e.NewContainer(cid, tc.args, nil, tc.opts...), dir)
 			}
 			if err == nil {
 				t.Fatal("restore into a container with a changed spec succeeded")
@@ -87,35 +88,35 @@ func TestRestoreSpecChanged(t *testing.T) {
 					t.Errorf("error %v: want it to name %q", err, w)
 				}
 			}
-			e.checkNoTrace(cid)
-			c, lerr := e.client.LoadContainer(e.ctx, cid)
+			e.CheckNoTrace(cid)
+			c, lerr := e.Client.LoadContainer(e.Ctx, cid)
 			if lerr != nil {
 				t.Fatal(lerr)
 			}
-			e.removeContainer(c)
+			e.RemoveContainer(c)
 		})
 	}
 
 	t.Run("env", func(t *testing.T) {
 		e := e.sub(t)
 		cid := harness.RandomID("spec-env")
-		r, err := e.restoreFromPath(e.newContainer(cid, counterArgs, nil, oci.WithEnv([]string{"RCUDA_CHANGED=1"})), dir)
+		r, err := e.restoreFromPath(e.NewContainer(cid, counterArgs, nil, oci.WithEnv([]string{"RCUDA_CHANGED=1"})), dir)
 		if err != nil {
 			t.Fatalf("restore with a changed environment: %v", err)
 		}
-		checkContinues(t, r.out, lo, hi)
-		e.killAndDelete(r)
-		e.checkNoTrace(cid)
-		e.removeContainer(r.c)
+		checkContinues(t, r.Out, lo, hi)
+		e.KillAndDelete(r)
+		e.CheckNoTrace(cid)
+		e.RemoveContainer(r.C)
 	})
 
-	r, err := e.restoreFromPath(p.c, dir)
+	r, err := e.restoreFromPath(p.C, dir)
 	if err != nil {
 		t.Fatalf("restore with the unchanged spec after the refused ones: %v", err)
 	}
-	checkContinues(t, r.out, lo, hi)
-	e.killAndDelete(r)
-	e.checkNoTrace(id)
-	e.removeContainer(p.c)
+	checkContinues(t, r.Out, lo, hi)
+	e.KillAndDelete(r)
+	e.CheckNoTrace(id)
+	e.RemoveContainer(p.C)
 	e.checkNoLeftovers()
 }

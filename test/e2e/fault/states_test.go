@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
 
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/ckenv"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/harness"
 )
 
@@ -23,9 +24,9 @@ import (
 func (e *env) apiCheckpoint(id string, o *runcoptions.CheckpointOptions) error {
 	a, err := typeurl.MarshalAnyToProto(o)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
-	_, err = e.client.TaskService().Checkpoint(e.ctx, &tasks.CheckpointTaskRequest{ContainerID: id, Options: a})
+	_, err = e.Client.TaskService().Checkpoint(e.Ctx, &tasks.CheckpointTaskRequest{ContainerID: id, Options: a})
 	return errgrpc.ToNative(err)
 }
 
@@ -57,69 +58,69 @@ func TestCheckpointTaskStates(t *testing.T) {
 	t.Run("created", func(t *testing.T) {
 		e := e.sub(t)
 		id := harness.RandomID("created")
-		c := e.newContainer(id, counterArgs, nil)
+		c := e.NewContainer(id, counterArgs, nil)
 		out := harness.NewLineBuffer()
-		task, err := c.NewTask(e.ctx, e.d.IO(nil, out, out))
+		task, err := c.NewTask(e.Ctx, e.D.IO(nil, out, out))
 		if err != nil {
 			t.Fatal(err)
 		}
-		dir := e.imagePathDir("created")
+		dir := e.ImagePathDir("created")
 		checkRefusedState(t, e.apiCheckpoint(id, &runcoptions.CheckpointOptions{ImagePath: dir}), "created")
-		_, err = task.Checkpoint(e.ctx, withCheckpointOptions(&runcoptions.CheckpointOptions{ImagePath: dir}))
+		_, err = task.Checkpoint(e.Ctx, ckenv.WithCheckpointOptions(&runcoptions.CheckpointOptions{ImagePath: dir}))
 		checkRefusedState(t, err, "created")
-		if names := dirNames(t, dir); names != nil {
+		if names := ckenv.DirNames(t, dir); names != nil {
 			t.Errorf("a refused checkpoint created %s: %v", dir, names)
 		}
-		if st, err := task.Status(e.ctx); err != nil || st.Status != containerd.Created {
+		if st, err := task.Status(e.Ctx); err != nil || st.Status != containerd.Created {
 			t.Fatalf("task is %v (%v) after the refused checkpoints, want created", st.Status, err)
 		}
-		if s := e.runscStatus(id); s != "created" {
+		if s := e.RunscStatus(id); s != "created" {
 			t.Fatalf("runsc reports %q, want created", s)
 		}
-		exitC, err := task.Wait(e.ctx)
+		exitC, err := task.Wait(e.Ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := task.Start(e.ctx); err != nil {
+		if err := task.Start(e.Ctx); err != nil {
 			t.Fatal(err)
 		}
-		p := &proc{c: c, task: task, out: out, exitC: exitC}
-		waitCount(t, out, 0, 2)
-		if c := counts(out.Lines()); c[0] != 0 {
+		p := &proc{C: c, Task: task, Out: out, ExitC: exitC}
+		ckenv.WaitCount(t, out, 0, 2)
+		if c := ckenv.Counts(out.Lines()); c[0] != 0 {
 			t.Errorf("the started task counted from %d, want 0", c[0])
 		}
-		e.killAndDelete(p)
-		e.checkNoTrace(id)
-		e.removeContainer(c)
+		e.KillAndDelete(p)
+		e.CheckNoTrace(id)
+		e.RemoveContainer(c)
 	})
 
 	t.Run("stopped", func(t *testing.T) {
 		e := e.sub(t)
 		id := harness.RandomID("stopped")
-		p := e.run(id, []string{"/workload", "exit", "--code", "3"})
-		if code := e.waitExit(p); code != 3 {
+		p := e.Run(id, []string{"/workload", "exit", "--code", "3"})
+		if code := e.WaitExit(p); code != 3 {
 			t.Fatalf("exit status %d, want 3", code)
 		}
-		dir := e.imagePathDir("stopped")
+		dir := e.ImagePathDir("stopped")
 		for _, exit := range []bool{false, true} {
 			checkRefusedState(t, e.apiCheckpoint(id, &runcoptions.CheckpointOptions{Exit: exit, ImagePath: dir}), "stopped")
 		}
-		_, err := p.task.Checkpoint(e.ctx, withCheckpointOptions(&runcoptions.CheckpointOptions{ImagePath: dir}))
+		_, err := p.Task.Checkpoint(e.Ctx, ckenv.WithCheckpointOptions(&runcoptions.CheckpointOptions{ImagePath: dir}))
 		if err == nil || !errdefs.IsFailedPrecondition(err) {
 			t.Fatalf("client checkpoint of a stopped task: %v, want FailedPrecondition", err)
 		}
 		t.Logf("client refused: %v", err)
-		if names := dirNames(t, dir); names != nil {
+		if names := ckenv.DirNames(t, dir); names != nil {
 			t.Errorf("a refused checkpoint created %s: %v", dir, names)
 		}
-		if st, err := p.task.Status(e.ctx); err != nil || st.Status != containerd.Stopped || st.ExitStatus != 3 {
+		if st, err := p.Task.Status(e.Ctx); err != nil || st.Status != containerd.Stopped || st.ExitStatus != 3 {
 			t.Fatalf("task status %+v (%v) after the refused checkpoints, want stopped with 3", st, err)
 		}
-		if code := e.deleteTask(p); code != 3 {
+		if code := e.DeleteTask(p); code != 3 {
 			t.Errorf("delete reported %d, want 3", code)
 		}
-		e.checkNoTrace(id)
-		e.removeContainer(p.c)
+		e.CheckNoTrace(id)
+		e.RemoveContainer(p.C)
 	})
 	e.checkNoLeftovers()
 }
@@ -136,43 +137,43 @@ func TestCheckpointTaskStates(t *testing.T) {
 func TestCheckpointExecBusy(t *testing.T) {
 	e := setup(t, harness.Options{})
 	id := harness.RandomID("execbusy")
-	p := e.run(id, counterArgs)
-	waitCount(t, p.out, 0, 2)
+	p := e.Run(id, counterArgs)
+	ckenv.WaitCount(t, p.Out, 0, 2)
 
 	startExec := func() (containerd.Process, <-chan containerd.ExitStatus, *harness.LineBuffer) {
-		spec, err := p.c.Spec(e.ctx)
+		spec, err := p.C.Spec(e.Ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		ps := *spec.Process
 		ps.Args = []string{"/workload", "counter", "--interval", "100ms", "--start", "1000000"}
 		out := harness.NewLineBuffer()
-		ep, err := p.task.Exec(e.ctx, harness.RandomID("exec"), &ps, e.d.IO(nil, out, out))
+		ep, err := p.Task.Exec(e.Ctx, harness.RandomID("exec"), &ps, e.D.IO(nil, out, out))
 		if err != nil {
 			t.Fatal(err)
 		}
-		statusC, err := ep.Wait(e.ctx)
+		statusC, err := ep.Wait(e.Ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := ep.Start(e.ctx); err != nil {
+		if err := ep.Start(e.Ctx); err != nil {
 			t.Fatal(err)
 		}
-		waitCount(t, out, 0, 1000002)
+		ckenv.WaitCount(t, out, 0, 1000002)
 		return ep, statusC, out
 	}
 
 	// Leave-running, with the exec busy.
 	ep, execC, execOut := startExec()
-	dir := e.imagePathDir("live")
-	lo := lastCount(p.out)
+	dir := e.ImagePathDir("live")
+	lo := ckenv.LastCount(p.Out)
 	if err := e.checkpointToPath(p, dir, false); err != nil {
 		t.Fatalf("leave-running checkpoint with a busy exec: %v", err)
 	}
 	checkCompleteImage(t, dir)
-	e.checkRunning(p)
-	waitCount(t, execOut, execOut.Len(), lastCount(execOut)+2)
-	if err := ep.Kill(e.ctx, syscall.SIGKILL); err != nil {
+	e.CheckRunning(p)
+	ckenv.WaitCount(t, execOut, execOut.Len(), ckenv.LastCount(execOut)+2)
+	if err := ep.Kill(e.Ctx, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill the exec after the checkpoint: %v", err)
 	}
 	select {
@@ -183,36 +184,36 @@ func TestCheckpointExecBusy(t *testing.T) {
 	case <-time.After(lineTimeout):
 		t.Fatal("the exec did not exit after SIGKILL")
 	}
-	if _, err := ep.Delete(e.ctx); err != nil {
+	if _, err := ep.Delete(e.Ctx); err != nil {
 		t.Fatal(err)
 	}
 
 	cloneID := harness.RandomID("execbusy-clone")
-	clone, err := e.restoreFromPath(e.newContainer(cloneID, counterArgs, nil), dir)
+	clone, err := e.restoreFromPath(e.NewContainer(cloneID, counterArgs, nil), dir)
 	if err != nil {
 		t.Fatalf("restore of the image taken with a busy exec: %v", err)
 	}
-	first, _ := waitCount(t, clone.out, 0, 0)
+	first, _ := ckenv.WaitCount(t, clone.Out, 0, 0)
 	if first < lo {
 		t.Errorf("clone counter started at %d, the checkpoint was taken after %d", first, lo)
 	}
-	waitCount(t, clone.out, 0, first+2)
-	e.checkRunning(clone)
+	ckenv.WaitCount(t, clone.Out, 0, first+2)
+	e.CheckRunning(clone)
 	// The exec'd process was in the sandbox when it was saved; what the clone holds
 	// is reported (gVisor 20260905 restores init alone here), not asserted.
-	pids, err := clone.task.Pids(e.ctx)
+	pids, err := clone.Task.Pids(e.Ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("processes in the clone: %d", len(pids))
-	e.killAndDelete(clone)
-	e.checkNoTrace(cloneID)
-	e.removeContainer(clone.c)
+	e.KillAndDelete(clone)
+	e.CheckNoTrace(cloneID)
+	e.RemoveContainer(clone.C)
 
 	// Exit, with the exec busy.
 	_, execC, _ = startExec()
-	dir = e.imagePathDir("exit")
-	lo = lastCount(p.out)
+	dir = e.ImagePathDir("exit")
+	lo = ckenv.LastCount(p.Out)
 	if err := e.checkpointToPath(p, dir, true); err != nil {
 		t.Fatalf("exit checkpoint with a busy exec: %v", err)
 	}
@@ -224,19 +225,19 @@ func TestCheckpointExecBusy(t *testing.T) {
 	case <-time.After(lineTimeout):
 		t.Fatal("the exec did not exit after the exit checkpoint")
 	}
-	if code := e.waitExit(p); code != 137 {
+	if code := e.WaitExit(p); code != 137 {
 		t.Errorf("init exit status %d after the exit checkpoint, want 137", code)
 	}
-	e.deleteTask(p)
-	hi := lastCount(p.out)
+	e.DeleteTask(p)
+	hi := ckenv.LastCount(p.Out)
 	checkCompleteImage(t, dir)
-	r, err := e.restoreFromPath(p.c, dir)
+	r, err := e.restoreFromPath(p.C, dir)
 	if err != nil {
 		t.Fatalf("restore: %v", err)
 	}
-	checkContinues(t, r.out, lo, hi)
-	e.killAndDelete(r)
-	e.checkNoTrace(id)
-	e.removeContainer(p.c)
+	checkContinues(t, r.Out, lo, hi)
+	e.KillAndDelete(r)
+	e.CheckNoTrace(id)
+	e.RemoveContainer(p.C)
 	e.checkNoLeftovers()
 }
