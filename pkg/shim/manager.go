@@ -221,7 +221,18 @@ func (m *Manager) Stop(ctx context.Context, id string) (cdshim.StopStatus, error
 	}
 	rt := newRunsc(cfg, ns, sandboxID(id, spec), bundle, false, reaper.Default)
 	rt.Log = ""
-	if err := rt.Delete(ctx, id, true); err != nil && !runsc.IsNotExist(err) {
+	err = rt.Delete(ctx, id, true)
+	if runsc.IsNotExist(err) {
+		// A container created by a shim from before the state directory per
+		// sandbox (one directory per namespace), cleaned up by this one after
+		// an upgrade.
+		legacy := newRunsc(cfg, ns, "", bundle, false, reaper.Default)
+		legacy.Log = ""
+		if lerr := legacy.Delete(ctx, id, true); lerr == nil {
+			err = nil
+		}
+	}
+	if err != nil && !runsc.IsNotExist(err) {
 		log.G(ctx).WithError(err).Warn("removing the container from runsc")
 	}
 	removeSandboxRoot(ctx, rt)
