@@ -3,8 +3,6 @@
 package checkpoint
 
 import (
-	"bytes"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -159,7 +157,7 @@ func TestRestoreBrokenImage(t *testing.T) {
 		{"no-metadata", func(t *testing.T, dir string) { remove(t, filepath.Join(dir, ckpt.MetadataFile)) }, true, "not a complete"},
 		{"missing-file", func(t *testing.T, dir string) { remove(t, filepath.Join(dir, "pages_meta.img")) }, true, "pages_meta.img is missing"},
 		{"truncated-pages", func(t *testing.T, dir string) { truncateHalf(t, filepath.Join(dir, "pages.img")) }, true, "pages.img is"},
-		{"corrupt-state", func(t *testing.T, dir string) { scribble(t, filepath.Join(dir, "checkpoint.img")) }, false, "runsc restore exited"},
+		{"corrupt-state", func(t *testing.T, dir string) { ckenv.Scribble(t, filepath.Join(dir, "checkpoint.img")) }, false, "runsc restore exited"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			check := func(t *testing.T, err error) {
@@ -180,7 +178,7 @@ func TestRestoreBrokenImage(t *testing.T) {
 			}
 			t.Run("RestoreFromPath", func(t *testing.T) {
 				e := e.sub(t)
-				dir := copyDir(t, good, e.ImagePathDir(tc.name))
+				dir := ckenv.CopyImage(t, good, e.ImagePathDir(tc.name))
 				tc.damage(t, dir)
 				id := harness.RandomID("annotation")
 				_, err := e.restoreFromPath(e.NewContainer(id, counterArgs, nil), dir)
@@ -189,7 +187,7 @@ func TestRestoreBrokenImage(t *testing.T) {
 			})
 			t.Run("CriuImagePath", func(t *testing.T) {
 				e := e.sub(t)
-				dir := copyDir(t, good, e.ImagePathDir(tc.name))
+				dir := ckenv.CopyImage(t, good, e.ImagePathDir(tc.name))
 				tc.damage(t, dir)
 				id := harness.RandomID("criupath")
 				// tryStartTask deletes the task when Start fails, as a client would.
@@ -224,50 +222,6 @@ func truncateHalf(t *testing.T, path string) {
 	if err := os.Truncate(path, st.Size()/2); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// scribble overwrites the middle half of the file with a pattern, keeping its size.
-func scribble(t *testing.T, path string) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	junk := bytes.Repeat([]byte{0xde, 0xad, 0xbe, 0xef}, int(st.Size()/8)+1)[:st.Size()/2]
-	if _, err := f.WriteAt(junk, st.Size()/4); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// copyDir copies the regular files of src into the new directory dst.
-func copyDir(t *testing.T, src, dst string) string {
-	t.Helper()
-	if err := os.MkdirAll(dst, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range ckenv.DirNames(t, src) {
-		in, err := os.Open(filepath.Join(src, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, err := os.Create(filepath.Join(dst, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.Copy(out, in); err != nil {
-			t.Fatal(err)
-		}
-		in.Close()
-		if err := out.Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dst
 }
 
 // snapshotDir returns the names and contents of the files in dir.

@@ -6,9 +6,11 @@
 package ckenv
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -369,5 +371,51 @@ func (e *Env) CheckNoTrace(id string) {
 			e.T.Fatalf("left behind by %s:\n  %s", id, strings.Join(left, "\n  "))
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// CopyImage copies the regular files of the checkpoint directory src into the new
+// directory dst (files 0600, as the shim writes them) and returns dst.
+func CopyImage(t *testing.T, src, dst string) string {
+	t.Helper()
+	if err := os.MkdirAll(dst, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range DirNames(t, src) {
+		in, err := os.Open(filepath.Join(src, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := os.OpenFile(filepath.Join(dst, name), os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(out, in); err != nil {
+			t.Fatal(err)
+		}
+		in.Close()
+		if err := out.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dst
+}
+
+// Scribble overwrites the middle half of path with a pattern, keeping its size (so
+// the size check of runsc-cuda.json passes and only the content is wrong).
+func Scribble(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	junk := bytes.Repeat([]byte{0xde, 0xad, 0xbe, 0xef}, int(st.Size()/8)+1)[:st.Size()/2]
+	if _, err := f.WriteAt(junk, st.Size()/4); err != nil {
+		t.Fatal(err)
 	}
 }

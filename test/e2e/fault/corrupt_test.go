@@ -3,10 +3,7 @@
 package fault
 
 import (
-	"bytes"
 	"github.com/containerd/errdefs"
-	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,49 +12,25 @@ import (
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/harness"
 )
 
-// copyImage copies the regular files of the checkpoint directory src into the new
-// directory dst.
-func copyImage(t *testing.T, src, dst string) {
-	t.Helper()
-	if err := os.MkdirAll(dst, 0o700); err != nil {
-		t.Fatal(err)
+// damagedMemoryImage runs the memhold workload args as id, takes an exit checkpoint
+// of it into good and copies that into bad with the middle of pages.img overwritten.
+// It returns the stopped task (its container stays for the restores), the workload's
+// memory checksum and both directories.
+func (e *env) damagedMemoryImage(id string, args []string) (p *proc, sum, good, bad string) {
+	e.T.Helper()
+	p = e.Run(id, args)
+	sum = memholdSum(e.T, p.Out)
+	p.Out.WaitFor(e.T, `^ok sum=`, lineTimeout)
+	good = e.ImagePathDir("good")
+	if err := e.checkpointToPath(p, good, true); err != nil {
+		e.T.Fatal(err)
 	}
-	for _, name := range ckenv.DirNames(t, src) {
-		in, err := os.Open(filepath.Join(src, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, err := os.OpenFile(filepath.Join(dst, name), os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o600)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.Copy(out, in); err != nil {
-			t.Fatal(err)
-		}
-		in.Close()
-		if err := out.Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-// scribble overwrites the middle half of path with a pattern, keeping its size (so
-// the size check of runsc-cuda.json passes and only the content is wrong).
-func scribble(t *testing.T, path string) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	junk := bytes.Repeat([]byte{0xde, 0xad, 0xbe, 0xef}, int(st.Size()/8)+1)[:st.Size()/2]
-	if _, err := f.WriteAt(junk, st.Size()/4); err != nil {
-		t.Fatal(err)
-	}
+	e.WaitExit(p)
+	e.DeleteTask(p)
+	checkCompleteImage(e.T, good)
+	bad = ckenv.CopyImage(e.T, good, e.ImagePathDir("bad"))
+	ckenv.Scribble(e.T, filepath.Join(bad, "pages.img"))
+	return p, sum, good, bad
 }
 
 // TestRestoreCorruptedMemoryImage overwrites the middle of pages.img (the memory of
@@ -72,20 +45,7 @@ func TestRestoreCorruptedMemoryImage(t *testing.T) {
 	e := setup(t, harness.Options{})
 	id := harness.RandomID("corrupt")
 	args := []string{"/workload", "memhold", "--mib", "64", "--seed", "31", "--interval", "300ms"}
-	p := e.Run(id, args)
-	sum := memholdSum(t, p.Out)
-	p.Out.WaitFor(t, `^ok sum=`, lineTimeout)
-	good := e.ImagePathDir("good")
-	if err := e.checkpointToPath(p, good, true); err != nil {
-		t.Fatal(err)
-	}
-	e.WaitExit(p)
-	e.DeleteTask(p)
-	checkCompleteImage(t, good)
-
-	bad := e.ImagePathDir("bad")
-	copyImage(t, good, bad)
-	scribble(t, filepath.Join(bad, "pages.img"))
+	p, sum, good, bad := e.damagedMemoryImage(id, args)
 	cid := harness.RandomID("corrupt-bad")
 	r, err := e.restoreFromPath(e.NewContainer(cid, args, nil), bad)
 	if err != nil {
@@ -122,20 +82,7 @@ func TestRestoreCorruptedMemoryImageVerified(t *testing.T) {
 	e := setup(t, harness.Options{ShimConfig: "[checkpoint]\nverify = true\n"})
 	id := harness.RandomID("verified")
 	args := []string{"/workload", "memhold", "--mib", "64", "--seed", "37", "--interval", "300ms"}
-	p := e.Run(id, args)
-	sum := memholdSum(t, p.Out)
-	p.Out.WaitFor(t, `^ok sum=`, lineTimeout)
-	good := e.ImagePathDir("good")
-	if err := e.checkpointToPath(p, good, true); err != nil {
-		t.Fatal(err)
-	}
-	e.WaitExit(p)
-	e.DeleteTask(p)
-	checkCompleteImage(t, good)
-
-	bad := e.ImagePathDir("bad")
-	copyImage(t, good, bad)
-	scribble(t, filepath.Join(bad, "pages.img"))
+	p, sum, good, bad := e.damagedMemoryImage(id, args)
 	cid := harness.RandomID("verified-bad")
 	_, err := e.restoreFromPath(e.NewContainer(cid, args, nil), bad)
 	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "pages.img has CRC-32C") {
