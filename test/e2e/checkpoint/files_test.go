@@ -41,17 +41,7 @@ func TestCheckpointFilesRootfsAndTmpfs(t *testing.T) {
 	}
 
 	ref := "localhost/ckpt/" + id + ":rw"
-	if err := p.Task.Pause(e.Ctx); err != nil {
-		t.Fatal(err)
-	}
-	img, err := p.C.Checkpoint(e.Ctx, ref, containerd.WithCheckpointRuntime, containerd.WithCheckpointImage,
-		containerd.WithCheckpointRW, containerd.WithCheckpointTask)
-	if err != nil {
-		t.Fatalf("container checkpoint: %v", err)
-	}
-	if err := p.Task.Resume(e.Ctx); err != nil {
-		t.Fatal(err)
-	}
+	img := e.checkpointContainerRW(p, ref)
 	e.checkRunningFiles(p)
 	hdrs, meta := e.checkpointLayer(img)
 	checkFlatLayer(t, hdrs, meta)
@@ -67,12 +57,7 @@ func TestCheckpointFilesRootfsAndTmpfs(t *testing.T) {
 	}
 	e.CheckNoTrace(id)
 
-	c, err := e.Client.Restore(e.Ctx, id, img, containerd.WithRestoreImage, containerd.WithRestoreSpec,
-		containerd.WithRestoreRuntime, containerd.WithRestoreRW)
-	if err != nil {
-		t.Fatalf("client restore: %v", err)
-	}
-	r := e.StartTask(c, containerd.WithTaskCheckpoint(img))
+	_, r := e.restoreContainerRW(id, img)
 	_, i := r.Out.WaitForFrom(t, 0, `^files-ok$`, startTimeout)
 	r.Out.WaitForFrom(t, i+1, `^files-ok$`, lineTimeout)
 	for _, l := range r.Out.Lines() {
@@ -97,4 +82,36 @@ func (e *env) checkRunningFiles(p *proc) {
 		e.T.Fatalf("task %s is %s, want running", p.C.ID(), st.Status)
 	}
 	p.Out.WaitForFrom(e.T, p.Out.Len(), `^files-ok$`, lineTimeout)
+}
+
+// checkpointContainerRW does what `ctr container checkpoint --task --rw --image REF`
+// does: pause, checkpoint the task, the runtime, the image and the rw layer into
+// image ref, resume.
+func (e *env) checkpointContainerRW(p *proc, ref string) containerd.Image {
+	e.T.Helper()
+	if err := p.Task.Pause(e.Ctx); err != nil {
+		e.T.Fatal(err)
+	}
+	img, err := p.C.Checkpoint(e.Ctx, ref, containerd.WithCheckpointRuntime, containerd.WithCheckpointImage,
+		containerd.WithCheckpointRW, containerd.WithCheckpointTask)
+	if err != nil {
+		e.T.Fatalf("container checkpoint: %v", err)
+	}
+	if err := p.Task.Resume(e.Ctx); err != nil {
+		e.T.Fatal(err)
+	}
+	return img
+}
+
+// restoreContainerRW does what `ctr container restore --live --rw ID REF` does:
+// a container id from the checkpoint image's spec, runtime, image and rw layer, and
+// its task restored (with fresh IO into a LineBuffer).
+func (e *env) restoreContainerRW(id string, img containerd.Image) (containerd.Container, *proc) {
+	e.T.Helper()
+	c, err := e.Client.Restore(e.Ctx, id, img, containerd.WithRestoreImage, containerd.WithRestoreSpec,
+		containerd.WithRestoreRuntime, containerd.WithRestoreRW)
+	if err != nil {
+		e.T.Fatalf("client restore: %v", err)
+	}
+	return c, e.StartTask(c, containerd.WithTaskCheckpoint(img))
 }

@@ -52,17 +52,7 @@ func TestCheckpointRWLayerAndOverlayFilestore(t *testing.T) {
 			sums := e.mustExec(p, "/bin/sh", "-c", "sha256sum /data/files/*")
 
 			ref := "localhost/ckpt/" + id + ":rw"
-			if err := p.Task.Pause(e.Ctx); err != nil {
-				t.Fatal(err)
-			}
-			img, err := p.C.Checkpoint(e.Ctx, ref, containerd.WithCheckpointRuntime, containerd.WithCheckpointImage,
-				containerd.WithCheckpointRW, containerd.WithCheckpointTask)
-			if err != nil {
-				t.Fatalf("container checkpoint: %v", err)
-			}
-			if err := p.Task.Resume(e.Ctx); err != nil {
-				t.Fatal(err)
-			}
+			img := e.checkpointContainerRW(p, ref)
 			var entries []string
 			for _, m := range readIndex(e.Ctx, t, e.Client, img).Manifests {
 				if m.MediaType == ocispec.MediaTypeImageLayerGzip {
@@ -84,12 +74,7 @@ func TestCheckpointRWLayerAndOverlayFilestore(t *testing.T) {
 			if err := p.C.Delete(e.Ctx, containerd.WithSnapshotCleanup); err != nil {
 				t.Fatal(err)
 			}
-			c, err := e.Client.Restore(e.Ctx, id, img, containerd.WithRestoreImage, containerd.WithRestoreSpec,
-				containerd.WithRestoreRuntime, containerd.WithRestoreRW)
-			if err != nil {
-				t.Fatalf("client restore: %v", err)
-			}
-			r := e.StartTask(c, containerd.WithTaskCheckpoint(img))
+			c, r := e.restoreContainerRW(id, img)
 			r.Out.WaitFor(t, `^files-ok$`, startTimeout)
 			if got := e.mustExec(r, "/bin/sh", "-c", "sha256sum /data/files/*"); got != sums {
 				t.Fatalf("file digests after restore:\n%s\nbefore:\n%s", got, sums)
