@@ -4,11 +4,8 @@ package fault
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -192,26 +189,11 @@ func (e *env) shimProcess(id string) (harness.Process, bool) {
 		}
 	}
 	for _, p := range procs {
-		if isShim(p) && !pids[parentPID(p.PID)] {
+		if isShim(p) && !pids[harness.ParentPID(p.PID)] {
 			return p, true
 		}
 	}
 	return harness.Process{}, false
-}
-
-// parentPID returns pid's parent, or 0.
-func parentPID(pid int) int {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(raw)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(fields) < 2 {
-		return 0
-	}
-	ppid, _ := strconv.Atoi(fields[1])
-	return ppid
 }
 
 // TestShimKilledDuringCheckpoint kills the shim (SIGKILL) while runsc writes a 512 MiB

@@ -423,27 +423,11 @@ func shimProcesses(t *testing.T, d *harness.Daemon) []harness.Process {
 	// shim's command line too.
 	var out []harness.Process
 	for _, p := range shims {
-		if !pids[parentPID(p.PID)] {
+		if !pids[harness.ParentPID(p.PID)] {
 			out = append(out, p)
 		}
 	}
 	return out
-}
-
-// parentPID returns pid's parent, or 0 when it cannot be read.
-func parentPID(pid int) int {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// pid (comm) state ppid ...; comm may contain spaces and parentheses.
-	s := string(raw)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(fields) < 2 {
-		return 0
-	}
-	ppid, _ := strconv.Atoi(fields[1])
-	return ppid
 }
 
 // writeShimConfig writes a shim TOML config into the daemon's directory and
