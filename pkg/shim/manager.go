@@ -37,6 +37,11 @@ import (
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/runsc"
 )
 
+// addressFile is the file in a container's bundle that holds its shim's
+// socket address (as containerd's runc shim keeps it): the shim server removes
+// that socket when it shuts down, and `delete` when the shim was killed.
+const addressFile = "address"
+
 // groupLabels group containers into one shim: our own label first, then the
 // CRI's sandbox id so that all containers of a pod share one shim (and, in
 // runsc, one sandbox).
@@ -113,6 +118,9 @@ func (m *Manager) Start(ctx context.Context, params *bootapi.BootstrapParams) (_
 		}
 		if cdshim.CanConnect(address) {
 			// Another container of the group already has a shim.
+			if err := writeAddress(addressFile, address); err != nil {
+				return nil, err
+			}
 			result.Address = address
 			return result, nil
 		}
@@ -174,6 +182,9 @@ func (m *Manager) Start(ctx context.Context, params *bootapi.BootstrapParams) (_
 	}
 	if err := cdshim.AdjustOOMScore(cmd.Process.Pid); err != nil {
 		log.G(ctx).WithError(err).Warn("could not adjust the shim's OOM score")
+	}
+	if err := writeAddress(addressFile, address); err != nil {
+		return nil, err
 	}
 	result.Address = address
 	return result, nil
@@ -237,6 +248,11 @@ func (m *Manager) Stop(ctx context.Context, id string) (cdshim.StopStatus, error
 	}
 	removeSandboxRoot(ctx, rt)
 	removeInterruptedCheckpoint(ctx, bundle)
+	// A shim that was killed could not remove its socket; nobody answers on
+	// it any more (a pod's shim that still serves others keeps it).
+	if address, err := cdshim.ReadAddress(filepath.Join(bundle, addressFile)); err == nil && !cdshim.CanConnect(address) {
+		_ = cdshim.RemoveSocket(address)
+	}
 	if err := mount.UnmountRecursive(filepath.Join(bundle, "rootfs"), 0); err != nil {
 		log.G(ctx).WithError(err).Warn("unmounting rootfs")
 	}
@@ -279,4 +295,17 @@ func (m *Manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeI
 	}
 	info.Options = &a
 	return info, nil
+}
+
+// writeAddress records address in path (relative to the bundle, the working
+// directory of start) atomically.
+func writeAddress(path, address string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(address), 0o600); err != nil {
+		return fmt.Errorf("recording the shim address: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("recording the shim address: %w", err)
+	}
+	return nil
 }

@@ -198,11 +198,11 @@ func TestHasGoSource(t *testing.T) {
 
 func TestShimSockets(t *testing.T) {
 	p := Process{PID: 1, Cmdline: []string{"/x/containerd-shim-runc-v2", "-namespace", "ns", "-id", "c1", "-address", "/var/lib/rcuda-e2e/abcd/c.sock", "-debug"}}
-	got := shimSockets(p)
+	got := ShimSockets(p)
 	if len(got) != 2 || !strings.HasPrefix(got[0], "/run/containerd/s/") || got[0] == got[1] {
-		t.Errorf("shimSockets = %q", got)
+		t.Errorf("ShimSockets = %q", got)
 	}
-	if shimSockets(Process{Cmdline: []string{"runsc", "--root=/x"}}) != nil {
+	if ShimSockets(Process{Cmdline: []string{"runsc", "--root=/x"}}) != nil {
 		t.Error("a non-shim process has shim sockets")
 	}
 }

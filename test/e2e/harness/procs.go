@@ -203,11 +203,11 @@ func unmountUnder(dir string) ([]string, error) {
 	return done, err
 }
 
-// shimSockets returns the socket paths that a shim started as
+// ShimSockets returns the socket paths that a shim started as
 // `<shim> -namespace NS -id ID -address ADDR ...` listens on (containerd's
 // shim.SocketAddress, with and without debug), or nil for other processes. A killed
 // shim leaves them behind in /run/containerd/s.
-func shimSockets(p Process) []string {
+func ShimSockets(p Process) []string {
 	args := map[string]string{}
 	for i := 0; i+1 < len(p.Cmdline); i++ {
 		switch p.Cmdline[i] {
@@ -244,7 +244,7 @@ func removeSockets(paths []string) {
 func cleanupDir(dir string) (killed []Process, unmounted []string, err error) {
 	killed, kerr := killProcessesReferencing(dir, 15*time.Second)
 	for _, p := range killed {
-		removeSockets(shimSockets(p))
+		removeSockets(ShimSockets(p))
 	}
 	unmounted, uerr := unmountUnder(dir)
 	var rerr error

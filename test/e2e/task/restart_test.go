@@ -253,6 +253,7 @@ func TestShimKilled(t *testing.T) {
 	if len(shims) != 1 {
 		t.Fatalf("want one shim, have %v", shims)
 	}
+	sockets := harness.ShimSockets(shims[0])
 	if err := syscall.Kill(shims[0].PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -267,4 +268,10 @@ func TestShimKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitNoLeftovers(t, e.d)
+	// The killed shim could not remove its socket; the shim's delete does.
+	for _, s := range sockets {
+		if _, err := os.Lstat(s); !os.IsNotExist(err) {
+			t.Errorf("the killed shim's socket %s is still there (%v)", s, err)
+		}
+	}
 }
