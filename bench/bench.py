@@ -1277,10 +1277,23 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", 
             except OSError:
                 continue
             if argv and argv[0].endswith(b"containerd-shim-runsc-cuda-v1") and (self.work + "/c.sock").encode() in b" ".join(argv):
+                pid = p.split("/")[2]
                 try:
-                    os.kill(int(p.split("/")[2]), signal.SIGKILL)
+                    # The shim records its socket in its bundle (its working
+                    # directory); a killed shim cannot remove it.
+                    with open(os.path.join("/proc", pid, "cwd", "address")) as fh:
+                        sock = fh.read().strip()
+                except OSError:
+                    sock = ""
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
                 except OSError:
                     pass
+                if sock.startswith("unix://"):
+                    try:
+                        os.remove(sock[len("unix://"):])
+                    except OSError:
+                        pass
         for p in self.procs:
             if p.poll() is None:
                 p.terminate()
