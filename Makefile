@@ -44,8 +44,9 @@ install: build
 tools:
 	hack/tools.sh
 
+# unit runs every package's tests with the race detector.
 unit:
-	$(GO) test -count=1 ./...
+	$(GO) test -race -count=1 ./...
 
 e2e: tools
 	$(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v ./test/e2e/... 2>&1 | tee e2e.log | hack/test-summary.sh
@@ -125,10 +126,14 @@ fuzz:
 demo: tools build
 	hack/demo.sh
 
+# lint also checks that pkg/shim's files depend on each other in layers
+# (hack/filedeps: no file uses names of a file that uses its own).
 lint:
 	@fmt=$$(gofmt -l . | grep -v '^vendor/' || true); if [ -n "$$fmt" ]; then echo "gofmt needed: $$fmt"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./test/e2e/...
+	cd hack/filedeps && $(GO) vet ./... && $(GO) build -o ../../$(BIN)/filedeps .
+	$(BIN)/filedeps ./pkg/shim >/dev/null
 
 clean:
 	rm -rf $(BIN) e2e.log e2e-compat.log soak.log

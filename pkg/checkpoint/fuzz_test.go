@@ -61,10 +61,15 @@ func FuzzDecodeMetadata(f *testing.F) {
 		if m.GPU == nil {
 			return
 		}
-		if err := cuda.CheckCompatible(m.GPU.GPUFacts, fuzzHost); err != nil {
+		// What the shim's restore check does with the facts (pkg/shim gpu.go).
+		facts := cuda.GPUFacts{DriverVersion: m.GPU.DriverVersion}
+		for _, d := range m.GPU.Devices {
+			facts.Devices = append(facts.Devices, cuda.Device{Index: d.Index, Minor: d.Minor, UUID: d.UUID, Name: d.Name})
+		}
+		if err := cuda.CheckCompatible(facts, fuzzHost); err != nil {
 			return
 		}
-		dm, err := cuda.DeviceMap(m.GPU.GPUFacts, fuzzHost)
+		dm, err := cuda.DeviceMap(facts, fuzzHost)
 		if err != nil || dm == "" {
 			return
 		}

@@ -14,16 +14,15 @@ import (
 	"slices"
 	"strings"
 	"time"
-
-	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/cuda"
 )
 
 // MetadataFile is the metadata's name inside a checkpoint directory. It is
 // written last: a directory without it is not a complete checkpoint.
 const MetadataFile = "runsc-cuda.json"
 
-// FormatVersion is the metadata format this shim writes and reads.
-const FormatVersion = 1
+// FormatVersion is the metadata format this shim writes. It also reads
+// version 1 (the first release's, whose GPU facts had camel-case keys).
+const FormatVersion = 2
 
 // maxMetadataSize bounds what Read accepts.
 const maxMetadataSize = 1 << 20
@@ -98,12 +97,48 @@ type SpecSummary struct {
 // GPUs the container used and the device memory its sandbox held (zero when
 // host-side discovery was unavailable).
 type GPU struct {
-	cuda.GPUFacts
+	// DriverVersion is the NVIDIA display driver version, e.g.
+	// "580.159.04". runsc restores only under the same driver version.
+	DriverVersion string `json:"driver_version"`
+	// Devices are the GPUs the container was given.
+	Devices []GPUDevice `json:"devices"`
+	// UsedMemoryBytes is the device memory the container's sandbox held.
+	UsedMemoryBytes uint64 `json:"used_memory_bytes"`
+	// PerGPU breaks UsedMemoryBytes down by GPU.
+	PerGPU []GPUMemory `json:"per_gpu,omitempty"`
+	// Source is where the facts came from: "nvml" or "nvidia-smi".
+	Source string `json:"source,omitempty"`
 	// ReleasedAfterExit is set when an exit checkpoint verified that the
 	// sandbox released its device memory.
-	ReleasedAfterExit bool `json:"releasedAfterExit,omitempty"`
+	ReleasedAfterExit bool `json:"released_after_exit,omitempty"`
 	// ToggleTool is the CUDA toggle tool's path inside the container.
-	ToggleTool string `json:"toggleTool"`
+	ToggleTool string `json:"toggle_tool"`
+	// RestoreVerified is set when the checkpoint saw the container's CUDA
+	// state come back onto the GPUs after the save (it resumed the
+	// sandbox): the CUDA state restores. Images without it were not tested
+	// so (an exit checkpoint with cuda.verify_exit_checkpoint off, or a
+	// checkpoint of the first release).
+	RestoreVerified bool `json:"restore_verified,omitempty"`
+}
+
+// GPUDevice is one GPU of a checkpointed container.
+type GPUDevice struct {
+	// Index is the NVML / nvidia-smi index; Minor the N of /dev/nvidiaN,
+	// by which a restore pairs the GPUs.
+	Index int    `json:"index"`
+	Minor int    `json:"minor"`
+	UUID  string `json:"uuid"`
+	// Name is the product name, e.g. "NVIDIA H200".
+	Name             string `json:"name"`
+	MemoryTotalBytes uint64 `json:"memory_total_bytes"`
+}
+
+// GPUMemory is the device memory held on one GPU.
+type GPUMemory struct {
+	UUID            string `json:"uuid"`
+	Index           int    `json:"index"`
+	Name            string `json:"name,omitempty"`
+	UsedMemoryBytes uint64 `json:"used_memory_bytes"`
 }
 
 // Timings of one checkpoint.
@@ -127,8 +162,8 @@ func (m *Metadata) Size() int64 {
 
 // Validate checks a decoded metadata for internal consistency.
 func (m *Metadata) Validate() error {
-	if m.FormatVersion != FormatVersion {
-		return fmt.Errorf("metadata format version %d is not supported (this shim reads version %d)", m.FormatVersion, FormatVersion)
+	if m.FormatVersion != FormatVersion && m.FormatVersion != formatVersion1 {
+		return fmt.Errorf("metadata format version %d is not supported (this shim reads versions %d and %d)", m.FormatVersion, formatVersion1, FormatVersion)
 	}
 	if m.RunscVersion == "" {
 		return errors.New("metadata does not name the runsc version")
@@ -170,14 +205,14 @@ func Decode(r io.Reader) (*Metadata, error) {
 	if len(data) > maxMetadataSize {
 		return nil, fmt.Errorf("metadata is larger than %d bytes", maxMetadataSize)
 	}
-	var m Metadata
-	if err := json.Unmarshal(data, &m); err != nil {
+	m, err := unmarshal(data)
+	if err != nil {
 		return nil, fmt.Errorf("metadata is not valid JSON: %w", err)
 	}
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}
-	return &m, nil
+	return m, nil
 }
 
 // Read reads the metadata of the checkpoint in dir.

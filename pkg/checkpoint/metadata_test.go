@@ -3,6 +3,7 @@ package checkpoint
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -56,7 +57,7 @@ func TestReadRejects(t *testing.T) {
 		name, body, want string
 	}{
 		{"not json", "{", "not valid JSON"},
-		{"future format", `{"format_version": 2, "runsc_version": "x", "files": [{"name": "a", "size": 1}]}`, "format version 2"},
+		{"future format", `{"format_version": 3, "runsc_version": "x", "files": [{"name": "a", "size": 1}]}`, "format version 3"},
 		{"no runsc", `{"format_version": 1, "files": [{"name": "a", "size": 1}]}`, "runsc version"},
 		{"no files", `{"format_version": 1, "runsc_version": "x"}`, "no image files"},
 		{"escaping name", `{"format_version": 1, "runsc_version": "x", "files": [{"name": "../etc/passwd", "size": 1}]}`, "invalid file name"},
@@ -99,5 +100,23 @@ func TestChecksums(t *testing.T) {
 	}
 	if err := m.Verify(dir); err == nil || !strings.Contains(err.Error(), "has CRC-32C") {
 		t.Fatalf("corruption not caught: %v", err)
+	}
+}
+
+// The first release wrote format 1, whose GPU facts had camel-case keys;
+// they read as format 2's.
+func TestReadFormat1GPU(t *testing.T) {
+	v1 := `{"format_version": 1, "runsc_version": "x", "files": [{"name": "a", "size": 1}],
+	  "gpu": {"driverVersion": "580.159.04", "devices": [{"index": 0, "minor": 0, "uuid": "GPU-1", "name": "NVIDIA H200", "memoryTotalBytes": 7}],
+	    "usedMemoryBytes": 5, "perGpu": [{"uuid": "GPU-1", "index": 0, "usedMemoryBytes": 5, "pids": [9]}], "source": "nvml",
+	    "releasedAfterExit": true, "toggleTool": "/.runsc-cuda/cuda-checkpoint"}}`
+	m, err := Decode(strings.NewReader(v1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &GPU{DriverVersion: "580.159.04", Devices: []GPUDevice{{Index: 0, Minor: 0, UUID: "GPU-1", Name: "NVIDIA H200", MemoryTotalBytes: 7}},
+		UsedMemoryBytes: 5, PerGPU: []GPUMemory{{UUID: "GPU-1", Index: 0, UsedMemoryBytes: 5}}, Source: "nvml", ReleasedAfterExit: true, ToggleTool: "/.runsc-cuda/cuda-checkpoint"}
+	if m.FormatVersion != FormatVersion || !reflect.DeepEqual(m.GPU, want) {
+		t.Fatalf("format 1 read as %d, %+v\nwant %+v", m.FormatVersion, m.GPU, want)
 	}
 }

@@ -37,14 +37,12 @@ func TestCgroupPidsV2(t *testing.T) {
 		wantErr string
 	}{
 		{path: "/k8s.io/abc", want: []int{100, 101, 205}},
-		{path: "k8s.io/abc/", want: []int{100, 101, 205}},
 		{path: "/k8s.io/abc/nested", want: []int{100, 205}},
-		{path: "system.slice:containerd:xyz", want: []int{400}},
+		{path: "/system.slice/containerd-xyz.scope", want: []int{400}},
 		{path: "/k8s.io/gone", wantErr: "does not exist"},
-		{path: "", wantErr: "empty cgroups path"},
 	}
 	for _, tt := range tests {
-		got, err := fs.pids(tt.path)
+		got, err := fs.v2Pids(tt.path)
 		if tt.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("pids(%q) error = %v, want one containing %q", tt.path, err, tt.wantErr)
@@ -74,14 +72,14 @@ func TestCgroupPidsV1(t *testing.T) {
 		return []cgroup1.Subsystem{cgroup1.NewMemory(root), cgroup1.NewPids(root)}, nil
 	}
 	fs := cgroupFS{modeSet: true, unified: false, v1: hierarchy}
-	got, err := fs.pids("/default/ctr")
+	got, err := fs.v1Pids(cgroup1.StaticPath("/default/ctr"), "/default/ctr")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := []int{7, 8, 9}; !slices.Equal(got, want) {
 		t.Errorf("pids = %v, want %v", got, want)
 	}
-	_, err = fs.pids("/default/gone")
+	_, err = fs.v1Pids(cgroup1.StaticPath("/default/gone"), "/default/gone")
 	if !errors.Is(err, cgroup1.ErrCgroupDeleted) || !strings.Contains(err.Error(), "has the container exited") {
 		t.Errorf("pids(missing) = %v, want ErrCgroupDeleted with a hint", err)
 	}
@@ -96,38 +94,5 @@ func TestCgroupPidsOfSelf(t *testing.T) {
 	}
 	if !slices.Contains(pids, os.Getpid()) {
 		t.Errorf("PidsInSameCgroup(self) = %v, does not contain %d", pids, os.Getpid())
-	}
-}
-
-func TestCgroupFSPath(t *testing.T) {
-	tests := []struct {
-		in, want, wantErr string
-	}{
-		{in: "/k8s.io/abc", want: "/k8s.io/abc"},
-		{in: "default/abc", want: "/default/abc"},
-		{in: "/kubepods/besteffort/pod1/abc/", want: "/kubepods/besteffort/pod1/abc"},
-		{in: "system.slice:containerd:abc", want: "/system.slice/containerd-abc.scope"},
-		{in: ":containerd:abc", want: "/system.slice/containerd-abc.scope"},
-		{in: "kubepods-besteffort-pod12_3.slice:cri-containerd:abc", want: "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12_3.slice/cri-containerd-abc.scope"},
-		{in: "user.slice::abc", want: "/user.slice/abc.scope"},
-		{in: "-.slice:p:abc", want: "/p-abc.scope"},
-		{in: "machine.slice:p:my-vm.slice", want: "/my.slice/my-vm.slice"},
-		{in: "", wantErr: "empty cgroups path"},
-		{in: "system:containerd:abc", wantErr: "ending in .slice"},
-		{in: "a--b.slice:p:abc", wantErr: "empty component"},
-		{in: "system.slice:containerd:", wantErr: "empty name"},
-		{in: "a:b", wantErr: "invalid cgroups path"},
-	}
-	for _, tt := range tests {
-		got, err := CgroupFSPath(tt.in)
-		if tt.wantErr != "" {
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Errorf("CgroupFSPath(%q) = %q, %v; want error containing %q", tt.in, got, err, tt.wantErr)
-			}
-			continue
-		}
-		if err != nil || got != tt.want {
-			t.Errorf("CgroupFSPath(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
-		}
 	}
 }

@@ -25,7 +25,7 @@ type Device struct {
 	// Name is the product name, e.g. "NVIDIA H200".
 	Name string `json:"name"`
 	// MemoryTotal is the device memory in bytes.
-	MemoryTotal uint64 `json:"memoryTotalBytes"`
+	MemoryTotal uint64 `json:"memory_total_bytes"`
 }
 
 // GPUProcess is a host process holding a compute context on a GPU. For a
@@ -36,15 +36,15 @@ type GPUProcess struct {
 	PID int `json:"pid"`
 	// UsedMemory is the device memory the process holds on GPUUUID, in
 	// bytes; 0 when the driver does not report it.
-	UsedMemory uint64 `json:"usedMemoryBytes"`
+	UsedMemory uint64 `json:"used_memory_bytes"`
 	// GPUUUID is the GPU the memory is on.
-	GPUUUID string `json:"gpuUuid"`
+	GPUUUID string `json:"gpu_uuid"`
 }
 
 // HostGPUs is a snapshot of the host's GPUs and of the processes using them.
 type HostGPUs struct {
 	// DriverVersion is the NVIDIA display driver version, e.g. "580.159.04".
-	DriverVersion string `json:"driverVersion"`
+	DriverVersion string `json:"driver_version"`
 	// Devices are the GPUs, ordered by Index.
 	Devices []Device `json:"devices"`
 	// Processes are the compute processes on all GPUs; a process using two

@@ -1,7 +1,9 @@
-// Package cuda is the GPU side of containerd-shim-runsc-cuda: it tells GPU
-// containers apart, binds the CUDA driver's checkpoint API for the
-// cuda-checkpoint tool, takes stock of the host's GPUs, and records and
-// checks the GPU facts of checkpoint images.
+// Package cuda is the host's side of GPUs for containerd-shim-runsc-cuda:
+// it tells GPU containers apart, takes stock of the host's GPUs and of the
+// GPU memory a sandbox holds, and checks a checkpoint's GPU facts against
+// the host. Its subpackage driver binds the CUDA driver's checkpoint API
+// for the cuda-checkpoint tool. The checkpoint metadata's schema is package
+// checkpoint's.
 //
 // # Where CUDA state is toggled
 //
@@ -44,13 +46,14 @@
 //     annotation mark a GPU container.
 //   - A Discoverer (NVML through dlopen, nvidia-smi as fallback) takes a
 //     HostGPUs snapshot: driver version, GPUs, and the host PIDs holding GPU
-//     memory. CgroupPids (cgroup v1 and v2) lists the container's processes;
+//     memory. PidsInSameCgroup (cgroup v1 and v2) lists the sandbox's processes;
 //     SandboxGPUUsage intersects the two, giving the sandbox's GPU memory
 //     before a checkpoint and proving after it that the sandbox released its
 //     GPUs (or, after a restore, holds them again).
-//   - GPUFacts go into the checkpoint's metadata; CheckCompatible refuses a
-//     restore up front on a host with another driver version or fewer or
-//     other GPUs, naming both sides.
+//   - GPUFacts are what the shim records in a checkpoint's metadata;
+//     CheckCompatible refuses a restore up front on a host with another
+//     driver version or fewer or other GPUs, naming both sides, and
+//     DeviceMap pairs the checkpoint's GPUs with the host's.
 //
 // Nothing is loaded at package initialization: libcuda and NVML are opened
 // on first use, and a host without an NVIDIA stack gets ErrNoGPU quickly.

@@ -15,14 +15,14 @@ type GPUFacts struct {
 	// DriverVersion is the NVIDIA display driver version of the host that
 	// made the checkpoint, e.g. "580.159.04". runsc restores only under the
 	// same driver version.
-	DriverVersion string `json:"driverVersion"`
+	DriverVersion string `json:"driver_version"`
 	// Devices are the GPUs the container was given.
 	Devices []Device `json:"devices"`
 	// UsedMemoryBytes is the device memory the container held when it was
 	// checkpointed.
-	UsedMemoryBytes uint64 `json:"usedMemoryBytes"`
+	UsedMemoryBytes uint64 `json:"used_memory_bytes"`
 	// PerGPU breaks UsedMemoryBytes down by GPU.
-	PerGPU []DeviceUsage `json:"perGpu,omitempty"`
+	PerGPU []DeviceUsage `json:"per_gpu,omitempty"`
 	// Source is where the facts came from: "nvml" or "nvidia-smi".
 	Source string `json:"source,omitempty"`
 }
@@ -74,7 +74,7 @@ func (e *IncompatibleError) FailedPrecondition() {}
 // container had (identified by its /dev/nvidiaN node, which the restored
 // spec keeps) a GPU of the same model on this host. It returns nil or an
 // *IncompatibleError naming both sides of every mismatch. Different GPU
-// UUIDs are not a mismatch: see DeviceMapFor.
+// UUIDs are not a mismatch: see DeviceMap.
 func CheckCompatible(saved GPUFacts, host HostGPUs) error {
 	var problems []string
 	if saved.DriverVersion != host.DriverVersion {
@@ -107,46 +107,29 @@ func CheckCompatible(saved GPUFacts, host HostGPUs) error {
 	return nil
 }
 
-// DeviceMapFor pairs each GPU of the checkpoint with the GPU of host that has
+// DeviceMap pairs each GPU of the checkpoint with the GPU of host that has
 // the same /dev/nvidiaN node and returns the pairs in the syntax of
-// cuda-checkpoint --device-map ("oldUuid=newUuid,...", driver r580+). It
-// returns "" when every GPU keeps its UUID (a restore on the same machine),
-// and an error when host lacks one of the GPUs.
-func DeviceMapFor(saved GPUFacts, host HostGPUs) (string, error) {
-	m, moved, err := deviceMap(saved, host)
-	if err != nil || !moved {
-		return "", err
-	}
-	return m, nil
-}
-
-// DeviceMap is DeviceMapFor, but returns the pairs even when every GPU kept
-// its UUID (an identity map), so a restore always takes the same path.
+// cuda-checkpoint --device-map ("oldUuid=newUuid,...", driver r580+), also
+// when every GPU kept its UUID (an identity map: a restore always takes the
+// same path). It fails when host lacks one of the GPUs.
 func DeviceMap(saved GPUFacts, host HostGPUs) (string, error) {
-	m, _, err := deviceMap(saved, host)
-	return m, err
-}
-
-func deviceMap(saved GPUFacts, host HostGPUs) (string, bool, error) {
 	var pairs []driver.GPUPair
-	moved := false
 	for _, sd := range saved.Devices {
 		hd, ok := host.DeviceByMinor(sd.Minor)
 		if !ok {
-			return "", false, fmt.Errorf("GPU /dev/nvidia%d (%s) of the checkpoint does not exist on this host", sd.Minor, sd.UUID)
+			return "", fmt.Errorf("GPU /dev/nvidia%d (%s) of the checkpoint does not exist on this host", sd.Minor, sd.UUID)
 		}
 		oldU, err := driver.ParseUUID(sd.UUID)
 		if err != nil {
-			return "", false, fmt.Errorf("checkpoint GPU /dev/nvidia%d: %w", sd.Minor, err)
+			return "", fmt.Errorf("checkpoint GPU /dev/nvidia%d: %w", sd.Minor, err)
 		}
 		newU, err := driver.ParseUUID(hd.UUID)
 		if err != nil {
-			return "", false, fmt.Errorf("host GPU /dev/nvidia%d: %w", hd.Minor, err)
+			return "", fmt.Errorf("host GPU /dev/nvidia%d: %w", hd.Minor, err)
 		}
-		moved = moved || oldU != newU
 		pairs = append(pairs, driver.GPUPair{Old: oldU, New: newU})
 	}
-	return driver.FormatDeviceMap(pairs), moved, nil
+	return driver.FormatDeviceMap(pairs), nil
 }
 
 func describeDevices(ds []Device) string {

@@ -26,7 +26,7 @@ func TestNewGPUFactsJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, key := range []string{`"driverVersion":"580.159.04"`, `"usedMemoryBytes":8589934592`, `"memoryTotalBytes":`, `"uuid":"` + uuid1 + `"`, `"minor":1`} {
+	for _, key := range []string{`"driver_version":"580.159.04"`, `"used_memory_bytes":8589934592`, `"memory_total_bytes":`, `"uuid":"` + uuid1 + `"`, `"minor":1`} {
 		if !strings.Contains(string(b), key) {
 			t.Errorf("JSON %s lacks %s", b, key)
 		}
@@ -111,21 +111,21 @@ func TestCheckCompatible(t *testing.T) {
 	}
 }
 
-func TestDeviceMapFor(t *testing.T) {
+func TestDeviceMap(t *testing.T) {
 	saved := GPUFacts{Devices: []Device{h200(0, uuid0), h200(1, uuid1)}}
 	same := HostGPUs{Devices: []Device{h200(0, uuid0), h200(1, uuid1)}}
-	if m, err := DeviceMapFor(saved, same); err != nil || m != "" {
-		t.Errorf("same GPUs: %q, %v; want no map", m, err)
+	if m, err := DeviceMap(saved, same); err != nil || m != uuid0+"="+uuid0+","+uuid1+"="+uuid1 {
+		t.Errorf("same GPUs: %q, %v; want the identity map", m, err)
 	}
 	swapped := HostGPUs{Devices: []Device{h200(0, uuid1), h200(1, uuid0)}}
-	got, err := DeviceMapFor(saved, swapped)
+	got, err := DeviceMap(saved, swapped)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := uuid0 + "=" + uuid1 + "," + uuid1 + "=" + uuid0; got != want {
 		t.Errorf("device map = %q, want %q", got, want)
 	}
-	if _, err := DeviceMapFor(saved, HostGPUs{Devices: []Device{h200(0, uuid0)}}); err == nil {
+	if _, err := DeviceMap(saved, HostGPUs{Devices: []Device{h200(0, uuid0)}}); err == nil {
 		t.Error("missing GPU: want an error")
 	}
 }

@@ -10,7 +10,7 @@ type DeviceUsage struct {
 	UUID            string `json:"uuid"`
 	Index           int    `json:"index"`
 	Name            string `json:"name,omitempty"`
-	UsedMemoryBytes uint64 `json:"usedMemoryBytes"`
+	UsedMemoryBytes uint64 `json:"used_memory_bytes"`
 	PIDs            []int  `json:"pids"`
 }
 
@@ -18,9 +18,9 @@ type DeviceUsage struct {
 // that belong to the container's cgroup.
 type Usage struct {
 	// UsedMemoryBytes is the device memory the processes hold on all GPUs.
-	UsedMemoryBytes uint64 `json:"usedMemoryBytes"`
+	UsedMemoryBytes uint64 `json:"used_memory_bytes"`
 	// PerGPU breaks it down by GPU, ordered by index.
-	PerGPU []DeviceUsage `json:"perGpu,omitempty"`
+	PerGPU []DeviceUsage `json:"per_gpu,omitempty"`
 	// PIDs are the container's processes that hold a GPU context (for a
 	// gVisor sandbox: the runsc-sandbox process), sorted.
 	PIDs []int `json:"pids,omitempty"`

@@ -20,24 +20,26 @@ import (
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/runsc"
 )
 
+// runscFailureStatus is the exit status of a runsc command that failed
+// (gVisor's util.Fatalf, subcommands.ExitFailure), for example a `runsc exec`
+// whose sandbox is gone.
+const runscFailureStatus = 128
+
 // ExecConfig describes an exec'd process.
 type ExecConfig struct {
 	ID    string
 	Stdio stdio.Stdio
 	Spec  specs.Process
-	// OnExit is called once, from its own goroutine, when the process
-	// exits; it must end with SetExited.
-	OnExit func(e *Exec, status int)
 }
 
-// Exec is a process started in a running container by `runsc exec`.
+// Exec is a process started in a running container by `runsc exec`. Its
+// states: created, running, stopped, deleted (execState).
 type Exec struct {
 	mu     sync.Mutex
+	state  execState
 	parent *Init
 	dir    string
 	cfg    ExecConfig
-	// started is set once Start ran, successfully or not.
-	started bool
 
 	pio     *processIO
 	console console.Console
@@ -48,11 +50,12 @@ type Exec struct {
 	// as the process in the sandbox; internalPid is the pid in the sandbox.
 	pid, internalPid int
 	exit             exitState
-	deleted          bool
 }
 
 func newExec(parent *Init, dir string, cfg ExecConfig) *Exec {
-	return &Exec{parent: parent, dir: dir, cfg: cfg, exit: newExitState()}
+	e := &Exec{parent: parent, dir: dir, cfg: cfg, exit: newExitState()}
+	e.state = execCreated{e}
+	return e
 }
 
 func (e *Exec) ID() string                     { return e.cfg.ID }
@@ -90,38 +93,133 @@ func (e *Exec) Stdin() io.Closer {
 	return e.stdin
 }
 
-// Status derives the state from what happened so far.
 func (e *Exec) Status(context.Context) (string, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	switch {
-	case e.deleted:
-		return StatusDeleted, nil
-	case !e.exit.exitedAt.IsZero():
-		return StatusStopped, nil
-	case e.started && e.pid != 0:
-		return StatusRunning, nil
-	default:
-		return StatusCreated, nil
-	}
+	return e.state.status(), nil
 }
 
 // Start runs the process with `runsc exec --detach`.
-func (e *Exec) Start(ctx context.Context) (retErr error) {
+func (e *Exec) Start(ctx context.Context) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.started || e.deleted {
-		return notAllowed("start", "started")
+	return e.state.start(ctx)
+}
+
+// SetExited records the exit; see Process.
+func (e *Exec) SetExited(status int) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.state.setExited(status)
+}
+
+// Delete releases the IO of a process that exited or never started.
+func (e *Exec) Delete(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.state.delete(ctx)
+}
+
+// Kill signals the process inside the sandbox.
+func (e *Exec) Kill(ctx context.Context, sig uint32, _ bool) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.state.kill(ctx, sig)
+}
+
+// Resize changes the console's window size.
+func (e *Exec) Resize(ws console.WinSize) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.console == nil {
+		return nil
 	}
-	e.started = true
-	defer func() {
-		if retErr != nil {
-			// A process that never ran is stopped for containerd's bookkeeping.
-			e.closeIO()
-			e.exit.set(255)
-		}
-	}()
-	pio, err := newProcIO(ctx, e.cfg.ID, e.parent.cfg.IoUID, e.parent.cfg.IoGID, e.cfg.Stdio)
+	return e.console.Resize(ws)
+}
+
+// execState is one state of an exec'd process; its methods, run with
+// Exec.mu held, are the transitions.
+type execState interface {
+	status() string
+	start(context.Context) error
+	kill(ctx context.Context, sig uint32) error
+	setExited(status int) bool
+	delete(context.Context) error
+}
+
+// execCreated: created by Exec, not started.
+type execCreated struct{ e *Exec }
+
+func (s execCreated) status() string { return StatusCreated }
+
+func (s execCreated) start(ctx context.Context) error {
+	e := s.e
+	if err := e.run(ctx); err != nil {
+		// A process that never ran is stopped for containerd's bookkeeping.
+		e.closeIO()
+		e.exit.set(255)
+		e.state = execStopped{e}
+		return err
+	}
+	e.state = execRunning{e}
+	return nil
+}
+
+func (s execCreated) kill(context.Context, uint32) error { return notAllowed("signal", StatusCreated) }
+func (s execCreated) setExited(status int) bool {
+	s.e.state = execStopped{s.e}
+	return s.e.exit.set(status)
+}
+func (s execCreated) delete(ctx context.Context) error { return s.e.release(ctx) }
+
+// execRunning: the process runs in the sandbox.
+type execRunning struct{ e *Exec }
+
+func (s execRunning) status() string                   { return StatusRunning }
+func (s execRunning) start(context.Context) error      { return notAllowed("start", StatusRunning) }
+func (s execRunning) delete(ctx context.Context) error { return notAllowed("delete", StatusRunning) }
+
+func (s execRunning) kill(ctx context.Context, sig uint32) error {
+	e := s.e
+	return e.parent.cfg.Runtime.Kill(ctx, e.parent.cfg.ID, int(sig), runsc.KillOpts{Pid: e.internalPid})
+}
+
+func (s execRunning) setExited(status int) bool {
+	e := s.e
+	e.state = execStopped{e}
+	if e.console != nil {
+		e.parent.cfg.Platform.ShutdownConsole(context.Background(), e.console)
+	}
+	return e.exit.set(status)
+}
+
+// execStopped: the process exited (or never ran).
+type execStopped struct{ e *Exec }
+
+func (s execStopped) status() string              { return StatusStopped }
+func (s execStopped) start(context.Context) error { return notAllowed("start", StatusStopped) }
+func (s execStopped) kill(context.Context, uint32) error {
+	return fmt.Errorf("exec %s already finished: %w", s.e.cfg.ID, errdefs.ErrNotFound)
+}
+func (s execStopped) setExited(status int) bool        { return s.e.exit.set(status) }
+func (s execStopped) delete(ctx context.Context) error { return s.e.release(ctx) }
+
+// execDeleted: gone.
+type execDeleted struct{ e *Exec }
+
+func (s execDeleted) status() string { return StatusDeleted }
+func (s execDeleted) deleted() error {
+	return fmt.Errorf("exec %s deleted: %w", s.e.cfg.ID, errdefs.ErrNotFound)
+}
+func (s execDeleted) start(context.Context) error        { return s.deleted() }
+func (s execDeleted) kill(context.Context, uint32) error { return s.deleted() }
+func (s execDeleted) setExited(int) bool                 { return false }
+func (s execDeleted) delete(context.Context) error       { return s.deleted() }
+
+// run starts the process with `runsc exec --detach` and connects its IO.
+func (e *Exec) run(ctx context.Context) error {
+	p := e.parent
+	pio, err := newProcIO(ctx, e.cfg.ID, p.cfg.IoUID, p.cfg.IoGID, e.cfg.Stdio)
 	if err != nil {
 		return err
 	}
@@ -135,10 +233,10 @@ func (e *Exec) Start(ctx context.Context) (retErr error) {
 	}
 	defer os.Remove(opts.PidFile)
 	defer os.Remove(opts.InternalPidFile)
-	window := e.parent.cfg.Exits.Open()
-	if err := e.parent.cfg.Runtime.Exec(ctx, e.parent.cfg.ID, e.cfg.Spec, opts); err != nil {
+	window := p.cfg.Exits.Open()
+	if err := p.cfg.Runtime.Exec(ctx, p.cfg.ID, e.cfg.Spec, opts); err != nil {
 		window.Close()
-		return fmt.Errorf("exec %s in %s: %w", e.cfg.ID, e.parent.cfg.ID, err)
+		return fmt.Errorf("exec %s in %s: %w", e.cfg.ID, p.cfg.ID, err)
 	}
 	pid, err := runc.ReadPidFile(opts.PidFile)
 	if err != nil {
@@ -152,7 +250,7 @@ func (e *Exec) Start(ctx context.Context) (retErr error) {
 		return fmt.Errorf("reading exec internal pid: %w", err)
 	}
 	e.pid, e.internalPid = pid, internalPid
-	stdin, con, err := pio.attach(ctx, e.cfg.ID, e.parent.cfg.Platform, &e.wg)
+	stdin, con, err := pio.attach(ctx, e.cfg.ID, p.cfg.Platform, &e.wg)
 	if err != nil {
 		window.Close()
 		unix.Kill(pid, unix.SIGKILL)
@@ -163,29 +261,20 @@ func (e *Exec) Start(ctx context.Context) (retErr error) {
 		e.closers = append(e.closers, stdin)
 	}
 	e.console = con
-	window.Claim(pid, func(status int, _ time.Time) { go e.cfg.OnExit(e, status) })
+	window.Claim(pid, func(status int, _ time.Time) {
+		if status == runscFailureStatus && !alive(p.Pid()) {
+			// `runsc exec` lost its sandbox (killed by an exit checkpoint,
+			// the OOM killer, a crash) and exited with runsc's own failure
+			// status: the process died with the sandbox, as if killed.
+			status = 128 + int(unix.SIGKILL)
+		}
+		go func() { p.cfg.Exited <- Exited{Container: p.cfg.ID, Process: e, Status: status} }()
+	})
 	return nil
 }
 
-// SetExited records the exit.
-func (e *Exec) SetExited(status int) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.exit.set(status) && e.console != nil {
-		e.parent.cfg.Platform.ShutdownConsole(context.Background(), e.console)
-	}
-}
-
-// Delete releases the IO of a process that exited or never started.
-func (e *Exec) Delete(ctx context.Context) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.deleted {
-		return fmt.Errorf("exec %s already deleted: %w", e.cfg.ID, errdefs.ErrNotFound)
-	}
-	if e.started && e.exit.exitedAt.IsZero() {
-		return notAllowed("delete", StatusRunning)
-	}
+// release waits for the output copies and closes the IO.
+func (e *Exec) release(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() { e.wg.Wait(); close(done) }()
 	select {
@@ -194,7 +283,7 @@ func (e *Exec) Delete(ctx context.Context) error {
 		log.G(ctx).WithField("exec", e.cfg.ID).Warn("exec output copies did not finish; closing IO")
 	}
 	e.closeIO()
-	e.deleted = true
+	e.state = execDeleted{e}
 	return nil
 }
 
@@ -206,30 +295,4 @@ func (e *Exec) closeIO() {
 	if e.pio != nil {
 		e.pio.Close()
 	}
-}
-
-// Kill signals the process inside the sandbox.
-func (e *Exec) Kill(ctx context.Context, sig uint32, _ bool) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	switch {
-	case e.deleted:
-		return fmt.Errorf("exec %s deleted: %w", e.cfg.ID, errdefs.ErrNotFound)
-	case !e.exit.exitedAt.IsZero():
-		return fmt.Errorf("exec %s already finished: %w", e.cfg.ID, errdefs.ErrNotFound)
-	case e.internalPid == 0:
-		return notAllowed("signal", StatusCreated)
-	}
-	err := e.parent.cfg.Runtime.Kill(ctx, e.parent.cfg.ID, int(sig), runsc.KillOpts{Pid: e.internalPid})
-	return mapSignalError(err)
-}
-
-// Resize changes the console's window size.
-func (e *Exec) Resize(ws console.WinSize) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.console == nil {
-		return nil
-	}
-	return e.console.Resize(ws)
 }

@@ -2,11 +2,9 @@ package process
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,7 +24,7 @@ import (
 // InitPidFile is the file, in the bundle, runsc writes the sandbox pid to.
 const InitPidFile = "init.pid"
 
-// waitFallbackTimeout bounds how long the exit handler waits for the
+// waitFallbackTimeout bounds how long the exit watcher waits for the
 // sandbox's own exit status when `runsc wait` could not report one.
 const waitFallbackTimeout = 5 * time.Second
 
@@ -35,6 +33,17 @@ type RestoreConfig struct {
 	ImagePath  string
 	Direct     bool
 	Background bool
+	// Await makes the restore return only once runsc's work after the
+	// restore is done: the CUDA state toggled back onto the GPUs and, with
+	// Background, every page loaded. When that work fails, runsc stops the
+	// container and the restore returns runsc's reason. Without Await the
+	// restore returns as soon as the container runs, and a failure of that
+	// work is the reason its exit reports.
+	Await bool
+}
+
+func (r RestoreConfig) opts(cio runc.IO) runsc.RestoreOpts {
+	return runsc.RestoreOpts{ImagePath: r.ImagePath, Direct: r.Direct, Background: r.Background, IO: cio}
 }
 
 // InitConfig describes a container's init process.
@@ -42,21 +51,21 @@ type InitConfig struct {
 	ID     string
 	Bundle string
 	// Rootfs is where the rootfs mounts were mounted ("" when the spec
-	// points at an existing directory).
+	// points at an existing directory); Delete unmounts it.
 	Rootfs       string
 	Stdio        stdio.Stdio
 	IoUID, IoGID int
-	Runtime      *runsc.Runsc
+	Runtime      Runtime
 	Platform     stdio.Platform
-	Exits        *ExitHub
+	// Exits routes the exits of the host processes the container starts.
+	Exits *ExitHub
+	// Exited receives the container's exit and its exec'd processes'.
+	Exited chan<- Exited
 	// Subcontainer is true for a container that joins an existing pod
 	// sandbox: runsc takes its stdio at start instead of at create.
 	Subcontainer bool
 	// Restore, when set, makes Start restore instead of start.
 	Restore *RestoreConfig
-	// OnExit is called once, from its own goroutine, with the container's
-	// exit status; it must end with SetExited.
-	OnExit func(p *Init, status int)
 }
 
 // Init is a container's init process.
@@ -74,23 +83,27 @@ type Init struct {
 	// wg tracks the output copies.
 	wg sync.WaitGroup
 	// pid is the sandbox's host pid; it changes when a pod's sandbox is
-	// replaced (ReplaceSandbox, Recreate).
+	// replaced.
 	pid atomic.Int64
 	// sandboxExit receives the current sandbox process's exit status.
 	sandboxExit chan int
-	// gen counts the sandboxes this container ran in; an exit watcher of an
+	// gen counts the sandboxes this container ran in; the exit watcher of an
 	// older one does not report (guarded by mu).
 	gen  int
 	exit exitState
+	// restored is closed once runsc's work after a restore ended; reason is
+	// why it failed (guarded by mu).
+	restored chan struct{}
+	reason   string
 }
 
 // NewInit returns an init process in the created state; call Create next.
 func NewInit(cfg InitConfig) *Init {
 	p := &Init{cfg: cfg, exit: newExitState(), sandboxExit: make(chan int, 1)}
 	if cfg.Restore != nil {
-		p.state = &createdCheckpointState{createdState{baseState: baseState{StatusCreated}, p: p}}
+		p.state = &createdCheckpointState{createdState{refuse{StatusCreated}, p}}
 	} else {
-		p.state = &createdState{baseState: baseState{StatusCreated}, p: p}
+		p.state = &createdState{refuse{StatusCreated}, p}
 	}
 	return p
 }
@@ -98,10 +111,10 @@ func NewInit(cfg InitConfig) *Init {
 func (p *Init) ID() string                     { return p.cfg.ID }
 func (p *Init) Pid() int                       { return int(p.pid.Load()) }
 func (p *Init) Stdio() stdio.Stdio             { return p.cfg.Stdio }
-func (p *Init) Runtime() *runsc.Runsc          { return p.cfg.Runtime }
-func (p *Init) Bundle() string                 { return p.cfg.Bundle }
-func (p *Init) Restoring() bool                { return p.cfg.Restore != nil }
 func (p *Init) Wait(ctx context.Context) error { return waitFor(ctx, p.exit.waitBlock) }
+
+// Restoring reports whether Start restores the container from a checkpoint.
+func (p *Init) Restoring() bool { return p.cfg.Restore != nil }
 
 func (p *Init) ExitStatus() int {
 	p.mu.Lock()
@@ -119,6 +132,12 @@ func (p *Init) Stdin() io.Closer {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.stdin
+}
+
+// report sends the container's exit to the shim, which records it with
+// SetExited. It never blocks the caller, who may hold mu.
+func (p *Init) report(status int, reason string) {
+	go func() { p.cfg.Exited <- Exited{Container: p.cfg.ID, Process: p, Status: status, Reason: reason} }()
 }
 
 // Create runs `runsc create`: the sandbox (or, in a pod, the subcontainer)
@@ -173,14 +192,16 @@ func (p *Init) createInRunsc(ctx context.Context, cio runc.IO, socket runc.Conso
 		return fmt.Errorf("reading sandbox pid: %w", err)
 	}
 	p.pid.Store(int64(pid))
-	p.claimSandboxExit(window, pid)
+	ch := make(chan int, 1)
+	p.sandboxExit = ch
+	window.Claim(pid, func(status int, _ time.Time) { ch <- status })
 	return nil
 }
 
-// destroy removes a half-created container from runsc.
+// destroy removes the container from runsc, killing what runs in it.
 func (p *Init) destroy(ctx context.Context) {
-	if err := p.cfg.Runtime.Delete(context.WithoutCancel(ctx), p.cfg.ID, true); err != nil && !runsc.IsNotExist(err) {
-		log.G(ctx).WithError(err).Warn("removing half-created container")
+	if err := p.cfg.Runtime.Delete(context.WithoutCancel(ctx), p.cfg.ID); err != nil && !errdefs.IsNotFound(err) {
+		log.G(ctx).WithError(err).WithField("id", p.cfg.ID).Warn("removing the container from runsc")
 	}
 }
 
@@ -201,13 +222,19 @@ func (p *Init) Status(ctx context.Context) (string, error) {
 	return p.state.Status(), nil
 }
 
-// Start starts (or restores) the created container.
+// Start starts (or restores) the created container. A restore with Await
+// returns once runsc's work after the restore is done.
 func (p *Init) Start(ctx context.Context) error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.state.Start(ctx)
+	err := p.state.Start(ctx)
+	p.mu.Unlock()
+	if err != nil || p.cfg.Restore == nil || !p.cfg.Restore.Await {
+		return err
+	}
+	return p.awaitRestore(ctx)
 }
 
+// subcontainerIO is the IO runsc gets at start (subcontainers only).
 func (p *Init) subcontainerIO() runc.IO {
 	if p.cfg.Subcontainer && p.pio != nil {
 		return p.pio.io
@@ -223,27 +250,54 @@ func (p *Init) start(ctx context.Context) error {
 	return nil
 }
 
-func (p *Init) restore(ctx context.Context) error {
-	r := p.cfg.Restore
-	err := p.cfg.Runtime.Restore(ctx, p.cfg.ID, p.cfg.Bundle, runsc.RestoreOpts{
-		ImagePath:  r.ImagePath,
-		Direct:     r.Direct,
-		Background: r.Background,
-		IO:         p.subcontainerIO(),
-	})
-	if err != nil {
-		return err
+// restore restores the container (mu held). runsc's work after the restore
+// goes on in the sandbox; a waiter records how it ended (awaitRestore).
+func (p *Init) restore(ctx context.Context, r RestoreConfig, cio runc.IO) error {
+	if err := p.cfg.Runtime.Restore(ctx, p.cfg.ID, p.cfg.Bundle, r.opts(cio)); err != nil {
+		return fmt.Errorf("restoring %s from %s: %w", p.cfg.ID, r.ImagePath, err)
 	}
+	restored := make(chan struct{})
+	p.restored = restored
 	p.watchExit()
+	go func() {
+		defer close(restored)
+		ctx := context.Background()
+		if err := p.cfg.Runtime.WaitRestore(ctx, p.cfg.ID); err != nil {
+			log.G(ctx).WithError(err).WithField("id", p.cfg.ID).Error("runsc's work after the restore failed; runsc stops the container")
+			p.mu.Lock()
+			p.reason = "the restore failed after the container started: " + err.Error()
+			p.mu.Unlock()
+		}
+	}()
 	return nil
 }
 
-// watchExit waits for the container in the background. `runsc wait`
-// reports the container's exit status; when it cannot (the sandbox died),
-// the sandbox process's own status is used.
-//
-// It runs with mu held; an exit of a sandbox that was replaced since
-// (ReplaceSandbox) is not reported.
+// awaitRestore waits until runsc's work after the restore ended, and
+// returns why it failed.
+func (p *Init) awaitRestore(ctx context.Context) error {
+	p.mu.Lock()
+	restored := p.restored
+	p.mu.Unlock()
+	if restored == nil {
+		return nil
+	}
+	select {
+	case <-restored:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.reason != "" {
+		return fmt.Errorf("%s: %s (runsc stopped it)", p.cfg.ID, p.reason)
+	}
+	return nil
+}
+
+// watchExit waits for the container in the background and reports its exit.
+// `runsc wait` gives the container's exit status; when it cannot (the
+// sandbox died), the sandbox process's own status is used. It runs with mu
+// held; the exit of a sandbox replaced since is not reported.
 func (p *Init) watchExit() {
 	gen, sandboxExit := p.gen, p.sandboxExit
 	go func() {
@@ -259,22 +313,25 @@ func (p *Init) watchExit() {
 			}
 		}
 		p.mu.Lock()
-		stale := gen != p.gen
+		stale, restored := gen != p.gen, p.restored
 		p.mu.Unlock()
 		if stale {
 			log.G(ctx).WithField("id", p.cfg.ID).Debugf("the replaced sandbox of the container exited (%d); not reported", status)
 			return
 		}
-		p.cfg.OnExit(p, status)
+		if restored != nil {
+			// A restore that failed after the container started ends it:
+			// its reason comes with the exit.
+			select {
+			case <-restored:
+			case <-time.After(waitFallbackTimeout):
+			}
+		}
+		p.mu.Lock()
+		reason := p.reason
+		p.mu.Unlock()
+		p.report(status, reason)
 	}()
-}
-
-// claimSandboxExit makes pid's exit status (the sandbox process's) arrive
-// on a channel of its own, the current sandboxExit.
-func (p *Init) claimSandboxExit(window *Window, pid int) {
-	ch := make(chan int, 1)
-	p.sandboxExit = ch
-	window.Claim(pid, func(status int, _ time.Time) { ch <- status })
 }
 
 // Delete removes the container from runsc and releases its IO and rootfs.
@@ -285,8 +342,8 @@ func (p *Init) Delete(ctx context.Context) error {
 }
 
 func (p *Init) delete(ctx context.Context) error {
-	err := p.cfg.Runtime.Delete(ctx, p.cfg.ID, true)
-	if err != nil && runsc.IsNotExist(err) {
+	err := p.cfg.Runtime.Delete(ctx, p.cfg.ID)
+	if errdefs.IsNotFound(err) {
 		err = nil
 	}
 	// The sandbox is gone; its ends of the pipes are closed, so the copies
@@ -326,37 +383,14 @@ func (p *Init) Kill(ctx context.Context, sig uint32, all bool) error {
 }
 
 func (p *Init) kill(ctx context.Context, sig uint32, all bool) error {
-	err := p.cfg.Runtime.Kill(ctx, p.cfg.ID, int(sig), runsc.KillOpts{All: all})
-	return mapSignalError(err)
+	return p.cfg.Runtime.Kill(ctx, p.cfg.ID, int(sig), runsc.KillOpts{All: all})
 }
 
-// mapSignalError turns runsc's "not running" answers into NotFound, the
-// class containerd expects for a process that already exited.
-func mapSignalError(err error) error {
-	if err == nil {
-		return nil
-	}
-	var re *runsc.Error
-	if errors.As(err, &re) {
-		m := strings.ToLower(re.Msg)
-		for _, s := range []string{"not running", "does not exist", "no such process", "stopped", "not found"} {
-			if strings.Contains(m, s) {
-				return fmt.Errorf("%v: %w", err, errdefs.ErrNotFound)
-			}
-		}
-	}
-	return err
-}
-
-// SetExited records the container's exit.
-func (p *Init) SetExited(status int) {
+// SetExited records the container's exit; see Process.
+func (p *Init) SetExited(status int) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.state.SetExited(status)
-}
-
-func (p *Init) setExited(status int) {
-	p.exit.set(status)
+	return p.state.SetExited(status)
 }
 
 // Pause freezes the sandbox's processes.
@@ -390,32 +424,9 @@ func (p *Init) Resize(ws console.WinSize) error {
 	return p.console.Resize(ws)
 }
 
-// Exec creates (not starts) an exec'd process.
+// Exec creates (not starts) an exec'd process in the running container.
 func (p *Init) Exec(ctx context.Context, dir string, cfg ExecConfig) (*Exec, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.state.Exec(ctx, dir, cfg)
-}
-
-// ErrCheckpointInProgress is returned for a checkpoint requested while
-// another one of the same container runs.
-var ErrCheckpointInProgress = fmt.Errorf("a checkpoint of this container is already in progress; retry when it finishes: %w", errdefs.ErrFailedPrecondition)
-
-// Checkpoint runs fn, which checkpoints the container, while no other
-// checkpoint of it runs. The container must be running or paused; fn gets
-// which. State queries, kills and exits are not blocked while fn runs.
-func (p *Init) Checkpoint(ctx context.Context, fn func(ctx context.Context, paused bool) error) error {
-	if !p.ckpt.TryLock() {
-		return ErrCheckpointInProgress
-	}
-	defer p.ckpt.Unlock()
-	p.mu.Lock()
-	st := p.state.Status()
-	p.mu.Unlock()
-	switch st {
-	case StatusRunning, StatusPaused:
-	default:
-		return notAllowed("checkpoint", st)
-	}
-	return fn(ctx, st == StatusPaused)
 }

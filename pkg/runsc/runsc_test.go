@@ -2,11 +2,13 @@ package runsc
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
 )
 
@@ -64,8 +66,8 @@ func TestErrorsCarryRunscMessage(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "runsc kill exited with status 128: loading container: file does not exist") {
 		t.Fatalf("err = %v", err)
 	}
-	if !IsNotExist(err) {
-		t.Errorf("IsNotExist(%v) = false", err)
+	if !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("errors.Is(%v, ErrNotFound) = false", err)
 	}
 }
 
@@ -171,35 +173,29 @@ exit 2`)
 	}
 }
 
-// With VersionCacheDir, a second wrapper (another shim process) reuses what
-// the first one's runsc said, until the binary changes.
-func TestVersionCacheDirIsShared(t *testing.T) {
-	r, args := fakeRunsc(t, `echo "runsc version one"`)
-	dir := filepath.Join(t.TempDir(), "cache")
-	r.VersionCacheDir = dir
-	if v, err := r.Version(context.Background()); err != nil || v != "one" {
-		t.Fatalf("version = %q, %v", v, err)
-	}
-	other := &Runsc{Binary: r.Binary, VersionCacheDir: dir}
-	if v, err := other.Version(context.Background()); err != nil || v != "one" {
-		t.Fatalf("second wrapper's version = %q, %v", v, err)
-	}
-	data, err := os.ReadFile(args)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n := strings.Count(string(data), "--version"); n != 1 {
-		t.Fatalf("runsc --version ran %d times, want 1", n)
-	}
-	script := "#!/bin/sh\necho \"runsc version two, longer\"\n"
-	if err := os.WriteFile(r.Binary+".new", []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(r.Binary+".new", r.Binary); err != nil {
-		t.Fatal(err)
-	}
-	third := &Runsc{Binary: r.Binary, VersionCacheDir: dir}
-	if v, err := third.Version(context.Background()); err != nil || v != "two, longer" {
-		t.Fatalf("version after replacing the binary = %q, %v", v, err)
+// runsc's messages map to containerd's error classes once, here; callers
+// test errors.Is and errgrpc gives containerd the matching code.
+func TestErrorClasses(t *testing.T) {
+	for _, tc := range []struct {
+		msg  string
+		want error
+	}{
+		{`loading container "c1": file does not exist`, errdefs.ErrNotFound},
+		{`loading container: open /run/r/c1_sandbox:c1.state: no such file or directory`, errdefs.ErrNotFound},
+		{`sandbox is not running`, errdefs.ErrNotFound},
+		{`cannot signal container "c1" in state stopped`, errdefs.ErrNotFound},
+		{`signal: no such process`, errdefs.ErrNotFound},
+		{`container with id "c1" already exists`, errdefs.ErrAlreadyExists},
+		{`cannot pause container "c1" in state paused`, errdefs.ErrFailedPrecondition},
+		{`id "web" is ambiguous and could refer to multiple containers: "web", "web2"`, errdefs.ErrFailedPrecondition},
+		{`error setting up FS: open /src: no such file or directory`, nil},
+		{`executable file not found in $PATH`, nil},
+	} {
+		err := error(&Error{Args: []string{"x"}, Status: 128, Msg: tc.msg})
+		for _, class := range []error{errdefs.ErrNotFound, errdefs.ErrAlreadyExists, errdefs.ErrFailedPrecondition} {
+			if got := errors.Is(err, class); got != (class == tc.want) {
+				t.Errorf("%q: errors.Is(%v) = %v", tc.msg, class, got)
+			}
+		}
 	}
 }

@@ -4,20 +4,21 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/containerd/containerd/api/types"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 func TestDefaultOverlay2(t *testing.T) {
 	snap := t.TempDir()
 	upper := filepath.Join(snap, "fs")
-	overlay := []*typesMount{{Type: "overlay", Source: "overlay", Options: []string{"index=off", "workdir=" + filepath.Join(snap, "work"), "upperdir=" + upper, "lowerdir=/l1:/l2"}}}
+	overlay := []*types.Mount{{Type: "overlay", Source: "overlay", Options: []string{"index=off", "workdir=" + filepath.Join(snap, "work"), "upperdir=" + upper, "lowerdir=/l1:/l2"}}}
 	plain := &specs.Spec{}
 	cri := &specs.Spec{Annotations: map[string]string{annotationContainerType: "container"}}
 	for _, tc := range []struct {
 		name   string
 		cfg    *Config
 		spec   *specs.Spec
-		rootfs []*typesMount
+		rootfs []*types.Mount
 		want   string
 	}{
 		{"overlay rootfs: filestore beside the rw layer", &Config{}, plain, overlay, "root:dir=" + snap},
@@ -25,10 +26,10 @@ func TestDefaultOverlay2(t *testing.T) {
 		{"configured overlay wins", &Config{RunscConfig: map[string]string{"overlay": "true"}}, plain, overlay, ""},
 		{"CRI keeps runsc's default", &Config{}, cri, overlay, ""},
 		{"flag annotation wins", &Config{}, &specs.Spec{Annotations: map[string]string{"dev.gvisor.flag.overlay2": "none"}}, overlay, ""},
-		{"bind rootfs", &Config{}, plain, []*typesMount{{Type: "bind", Source: snap, Options: []string{"rbind"}}}, ""},
+		{"bind rootfs", &Config{}, plain, []*types.Mount{{Type: "bind", Source: snap, Options: []string{"rbind"}}}, ""},
 		{"no rootfs mounts", &Config{}, plain, nil, ""},
-		{"upperdir missing", &Config{}, plain, []*typesMount{{Type: "overlay", Options: []string{"upperdir=/nonexistent/x/fs", "lowerdir=/l"}}}, ""},
-		{"read-only overlay", &Config{}, plain, []*typesMount{{Type: "overlay", Options: []string{"lowerdir=/l1:/l2"}}}, ""},
+		{"upperdir missing", &Config{}, plain, []*types.Mount{{Type: "overlay", Options: []string{"upperdir=/nonexistent/x/fs", "lowerdir=/l"}}}, ""},
+		{"read-only overlay", &Config{}, plain, []*types.Mount{{Type: "overlay", Options: []string{"lowerdir=/l1:/l2"}}}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := defaultOverlay2(tc.cfg, tc.spec, tc.rootfs); got != tc.want {

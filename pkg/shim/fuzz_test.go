@@ -58,7 +58,7 @@ func FuzzParseOptions(f *testing.F) {
 			t.Fatalf("accepted config does not validate: %v", err)
 		}
 		checkConfigPaths(t, c)
-		rt := newRunsc(c, "default", "sb", "/run/bundle", false, nil)
+		rt := newRunsc(c, "default", c.RunscRoot("default", "sb"), bundle("/run/bundle"), false, "")
 		for _, arg := range rt.GlobalArgs() {
 			name, _, ok := strings.Cut(arg, "=")
 			if !ok || !strings.HasPrefix(name, "--") || strings.HasPrefix(name, "---") || len(name) < 3 {
@@ -176,14 +176,11 @@ func FuzzRestorePath(f *testing.F) {
 	f.Add("/var/lib/ckpt/a", false)
 	f.Fuzz(func(t *testing.T, path string, criu bool) {
 		r := &taskAPI.CreateTaskRequest{Checkpoint: path}
+		var runcOpts *runcoptions.Options
 		if criu {
-			a, err := typeurl.MarshalAnyToProto(&runcoptions.Options{CriuImagePath: path})
-			if err != nil {
-				t.Skip()
-			}
-			r = &taskAPI.CreateTaskRequest{Options: a}
+			r, runcOpts = &taskAPI.CreateTaskRequest{}, &runcoptions.Options{CriuImagePath: path}
 		}
-		got, err := restorePathFromOptions(r)
+		got, err := restorePath(r, runcOpts)
 		if err != nil {
 			if !errdefs.IsInvalidArgument(err) {
 				t.Fatalf("error %v is not InvalidArgument", err)

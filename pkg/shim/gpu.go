@@ -18,6 +18,7 @@ import (
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/checkpoint"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/cuda"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/cuda/driver"
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/runsc"
 )
 
 const (
@@ -35,34 +36,82 @@ const (
 	gpuSettleTimeout = 15 * time.Second
 )
 
-// gpuSetup is what the shim decided for a GPU container at create, and its
-// host-side view of the container's GPUs.
-type gpuSetup struct {
-	toolInContainer string
+// gpuHook is the GPU side of a container: what the shim does for a GPU
+// container at checkpoint and restore. Containers without GPUs have noGPU,
+// which does nothing.
+type gpuHook interface {
+	// checkpointing prepares a checkpoint of the sandbox of pid: runsc's
+	// CUDA toggle options, and a look at the sandbox's GPU memory.
+	checkpointing(ctx context.Context, pid int, o *runsc.CheckpointOpts) gpuCheckpoint
+	// checkRestore checks a checkpoint's GPU facts against this host and
+	// gives the restoring container's spec the device map.
+	checkRestore(ctx context.Context, saved *checkpoint.GPU, spec *specs.Spec) error
+	// restored reports, in the background, the restored sandbox's GPU
+	// memory.
+	restored(ctx context.Context, id string, pid int, saved *checkpoint.GPU)
+	// explain says what a runsc failure means for the container's CUDA
+	// state ("" when it means nothing particular).
+	explain(err error) string
+	// enabled reports whether the container uses GPUs.
+	enabled() bool
+}
+
+// gpuCheckpoint is one checkpoint's GPU side.
+type gpuCheckpoint interface {
+	// facts are the checkpoint's GPU metadata (nil without GPUs).
+	facts() *checkpoint.GPU
+	discovery() time.Duration
+	// released checks, after an exit checkpoint stopped the sandbox, that
+	// its device memory is free again, and records it in facts.
+	released(ctx context.Context, id string, facts *checkpoint.GPU)
+	// resumed reports, in the background, the device memory the sandbox
+	// holds again after a leave-running checkpoint.
+	resumed(ctx context.Context, id string)
+}
+
+// noGPU is the gpuHook (and gpuCheckpoint) of a container without GPUs.
+type noGPU struct{}
+
+func (noGPU) checkpointing(context.Context, int, *runsc.CheckpointOpts) gpuCheckpoint { return noGPU{} }
+func (noGPU) checkRestore(_ context.Context, saved *checkpoint.GPU, _ *specs.Spec) error {
+	if saved != nil {
+		return fmt.Errorf("%w: the checkpoint holds GPU state but the container spec has no NVIDIA GPU devices; give the container its GPUs (devices or CDI) as at checkpoint", errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+func (noGPU) restored(context.Context, string, int, *checkpoint.GPU) {}
+func (noGPU) explain(err error) string {
+	if strings.Contains(err.Error(), "nvproxy.frontendFDMemmapFile") {
+		return "; a process holds NVIDIA device memory but the container was not detected as a GPU container, so no CUDA checkpoint ran: give it its GPUs as devices (or CDI) so the shim enables the toggle"
+	}
+	return ""
+}
+func (noGPU) enabled() bool                                     { return false }
+func (noGPU) facts() *checkpoint.GPU                            { return nil }
+func (noGPU) discovery() time.Duration                          { return 0 }
+func (noGPU) released(context.Context, string, *checkpoint.GPU) {}
+func (noGPU) resumed(context.Context, string)                   {}
+
+// gpuContainer is the gpuHook of a container that uses NVIDIA GPUs through
+// nvproxy.
+type gpuContainer struct {
+	cfg CUDAConfig
 	// visible are the /dev/nvidiaN numbers in the spec.
 	visible  []int
 	discover cuda.Discoverer
-	// publish reports GPU facts as events.
-	publish func(ctx context.Context, topic string, v any)
+	events   *eventSink
 }
 
-// gpuUsage is the sandbox's GPU usage seen from the host before a checkpoint.
-type gpuUsage struct {
-	host  cuda.HostGPUs
-	usage cuda.Usage
-	err   error
-}
-
-// prepareGPU detects GPU containers (NVIDIA devices in the spec, devices CDI
+// newGPU detects GPU containers (NVIDIA devices in the spec, devices CDI
 // injected, or gVisor's nvproxy annotation) and prepares their spec: the
 // CUDA toggle tool mounted read-only at ToggleToolPath, the driver's
 // libraries mounted when configured and not provided otherwise, and the
 // toggle's lock timeout in the environment (runsc runs the tool with the
 // container's environment). It is deterministic, so a restored container's
 // spec matches the checkpointed one.
-func prepareGPU(ctx context.Context, cfg *Config, spec *specs.Spec) (*gpuSetup, error) {
+func newGPU(ctx context.Context, cfg *Config, spec *specs.Spec, ev *eventSink) (gpuHook, error) {
 	if !cuda.IsGPUSpec(spec) {
-		return nil, nil
+		return noGPU{}, nil
 	}
 	tool, err := toggleTool(cfg)
 	if err != nil {
@@ -80,12 +129,10 @@ func prepareGPU(ctx context.Context, cfg *Config, spec *specs.Spec) (*gpuSetup, 
 		setEnv(spec, driver.EnvLockTimeout, strconv.FormatInt(d.Milliseconds(), 10))
 	}
 	log.G(ctx).WithField("devices", cuda.GPUDevices(spec)).WithField("tool", tool).Info("GPU container: nvproxy enabled, CUDA toggle tool mounted")
-	return &gpuSetup{
-		toolInContainer: ToggleToolPath,
-		visible:         cuda.VisibleDeviceIndexes(spec),
-		discover:        cuda.NewDiscoverer(),
-	}, nil
+	return &gpuContainer{cfg: cfg.CUDA, visible: cuda.VisibleDeviceIndexes(spec), discover: cuda.NewDiscoverer(), events: ev}, nil
 }
+
+func (g *gpuContainer) enabled() bool { return true }
 
 // toggleTool returns the host path of the CUDA toggle tool.
 func toggleTool(cfg *Config) (string, error) {
@@ -155,165 +202,187 @@ func prependEnvPath(spec *specs.Spec, key, dir string) {
 	spec.Process.Env = append(spec.Process.Env, key+"="+dir)
 }
 
-// sandboxUsage is the GPU memory the sandbox of sandboxPid holds, seen from
-// the host: GPU processes (NVML or nvidia-smi) intersected with the
-// sandbox's cgroup.
-func (g *gpuSetup) sandboxUsage(ctx context.Context, sandboxPid int) gpuUsage {
+// usage is the GPU memory the sandbox of pid holds, seen from the host: the
+// GPU processes (NVML or nvidia-smi) of the sandbox's cgroup.
+func (g *gpuContainer) usage(ctx context.Context, pid int) (cuda.HostGPUs, cuda.Usage, error) {
 	host, err := g.discover.Snapshot(ctx)
 	if err != nil {
-		return gpuUsage{err: err}
+		return host, cuda.Usage{}, err
 	}
-	pids, err := cuda.PidsInSameCgroup(sandboxPid)
+	pids, err := cuda.PidsInSameCgroup(pid)
 	if err != nil || len(pids) == 0 {
 		// Without the cgroup, the sandbox process itself is what NVIDIA sees.
-		pids = []int{sandboxPid}
+		pids = []int{pid}
 	}
-	return gpuUsage{host: host, usage: cuda.SandboxGPUUsage(host, pids)}
+	return host, cuda.SandboxGPUUsage(host, pids), nil
 }
 
-// usage records the sandbox's GPU usage before a checkpoint.
-func (g *gpuSetup) usage(ctx context.Context, sandboxPid int) *gpuUsage {
-	u := g.sandboxUsage(ctx, sandboxPid)
-	if u.err != nil {
-		log.G(ctx).WithError(u.err).Warn("host-side GPU discovery unavailable; the checkpoint records no GPU memory")
+// waitUsage polls the GPU memory of pids until ok says it is as wanted or
+// timeout passes; it returns the last usage and whether ok held.
+func (g *gpuContainer) waitUsage(ctx context.Context, pids []int, timeout time.Duration, ok func(cuda.Usage) bool) (cuda.Usage, bool) {
+	deadline := time.Now().Add(timeout)
+	for {
+		host, err := g.discover.Snapshot(ctx)
+		var u cuda.Usage
+		if err == nil {
+			u = cuda.SandboxGPUUsage(host, pids)
+			if ok(u) {
+				return u, true
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return u, false
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	return &u
 }
 
-// facts builds the checkpoint's GPU metadata.
-func (g *gpuSetup) facts(ctx context.Context, before *gpuUsage) *checkpoint.GPU {
-	f := &checkpoint.GPU{ToggleTool: g.toolInContainer}
-	if before != nil && before.err == nil {
-		f.GPUFacts = cuda.NewGPUFacts(before.host, g.visible, before.usage)
+func (g *gpuContainer) report(ctx context.Context, id, phase string, before any, after cuda.Usage) {
+	g.events.gpu(ctx, map[string]any{"container_id": id, "phase": phase, "before": before, "after": after})
+}
+
+func (g *gpuContainer) checkpointing(ctx context.Context, pid int, o *runsc.CheckpointOpts) gpuCheckpoint {
+	o.CudaCheckpointPath = ToggleToolPath
+	o.CudaCheckpointSequential = g.cfg.Sequential
+	t := time.Now()
+	host, u, err := g.usage(ctx, pid)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("host-side GPU discovery unavailable; the checkpoint records no GPU memory")
+	}
+	return &gpuSave{g: g, host: host, before: u, err: err, took: time.Since(t)}
+}
+
+// gpuSave is one checkpoint of a GPU container.
+type gpuSave struct {
+	g      *gpuContainer
+	host   cuda.HostGPUs
+	before cuda.Usage
+	err    error
+	took   time.Duration
+}
+
+func (s *gpuSave) discovery() time.Duration { return s.took }
+
+func (s *gpuSave) facts() *checkpoint.GPU {
+	f := &checkpoint.GPU{ToggleTool: ToggleToolPath}
+	if s.err != nil {
+		return f
+	}
+	facts := cuda.NewGPUFacts(s.host, s.g.visible, s.before)
+	f.DriverVersion, f.Source, f.UsedMemoryBytes = facts.DriverVersion, facts.Source, facts.UsedMemoryBytes
+	for _, d := range facts.Devices {
+		f.Devices = append(f.Devices, checkpoint.GPUDevice{Index: d.Index, Minor: d.Minor, UUID: d.UUID, Name: d.Name, MemoryTotalBytes: d.MemoryTotal})
+	}
+	for _, u := range facts.PerGPU {
+		f.PerGPU = append(f.PerGPU, checkpoint.GPUMemory{UUID: u.UUID, Index: u.Index, Name: u.Name, UsedMemoryBytes: u.UsedMemoryBytes})
 	}
 	return f
 }
 
-// verifyReleased checks, after an exit checkpoint stopped the sandbox, that
-// the sandbox's device memory is free again. Memory still held after
-// gpuSettleTimeout is an error: the image is complete, but the GPU is not
-// free for the next user.
-func (g *gpuSetup) verifyReleased(ctx context.Context, c *container, facts *checkpoint.GPU, before *gpuUsage) error {
-	if before == nil || before.err != nil || !before.usage.HoldsGPU() {
-		return nil
+func (s *gpuSave) holds() bool { return s.err == nil && s.before.HoldsGPU() }
+
+func (s *gpuSave) released(ctx context.Context, id string, facts *checkpoint.GPU) {
+	if !s.holds() {
+		return
 	}
-	deadline := time.Now().Add(gpuSettleTimeout)
-	for {
-		host, err := g.discover.Snapshot(ctx)
-		if err != nil {
-			log.G(ctx).WithError(err).Warn("GPU discovery failed after the exit checkpoint")
-			return nil
-		}
-		now := cuda.SandboxGPUUsage(host, before.usage.PIDs)
-		if !now.HoldsGPU() {
-			facts.ReleasedAfterExit = true
-			log.G(ctx).WithField("id", c.id).WithField("released_bytes", before.usage.UsedMemoryBytes).Info("GPU memory released by the exit checkpoint")
-			g.report(ctx, c.id, "checkpoint-exit", before.usage, now)
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("exit checkpoint of %s written, but the sandbox still holds %d bytes of GPU memory after %s", c.id, now.UsedMemoryBytes, gpuSettleTimeout)
-		}
-		time.Sleep(50 * time.Millisecond)
+	now, ok := s.g.waitUsage(ctx, s.before.PIDs, gpuSettleTimeout, func(u cuda.Usage) bool { return !u.HoldsGPU() })
+	if !ok {
+		log.G(ctx).WithField("id", id).WithField("bytes", now.UsedMemoryBytes).Errorf("exit checkpoint written, but the sandbox still holds GPU memory after %s", gpuSettleTimeout)
+		return
 	}
+	facts.ReleasedAfterExit = true
+	log.G(ctx).WithField("id", id).WithField("released_bytes", s.before.UsedMemoryBytes).Info("GPU memory released by the exit checkpoint")
+	s.g.report(ctx, id, "checkpoint-exit", s.before, now)
 }
 
-// watchReacquired follows, in the background, a container that a
-// leave-running checkpoint left in place: its CUDA processes are toggled back
-// when the sandbox resumes (containerd resumes it after the checkpoint; the
-// toggle runs then), and the sandbox must then hold its device memory again.
-// The result is logged and published; it does not hold up the checkpoint.
-func (g *gpuSetup) watchReacquired(ctx context.Context, c *container, before *gpuUsage) {
-	if before == nil || before.err != nil || !before.usage.HoldsGPU() {
+func (s *gpuSave) resumed(ctx context.Context, id string) {
+	if !s.holds() {
 		return
 	}
 	ctx = context.WithoutCancel(ctx)
 	go func() {
-		deadline := time.Now().Add(2 * time.Minute)
-		for {
-			host, err := g.discover.Snapshot(ctx)
-			if err == nil {
-				now := cuda.SandboxGPUUsage(host, before.usage.PIDs)
-				if now.UsedMemoryBytes >= before.usage.UsedMemoryBytes {
-					log.G(ctx).WithField("id", c.id).WithField("bytes", now.UsedMemoryBytes).Info("GPU memory held again after the leave-running checkpoint")
-					g.report(ctx, c.id, "checkpoint-leave-running", before.usage, now)
-					return
-				}
-			}
-			if time.Now().After(deadline) {
-				log.G(ctx).WithField("id", c.id).WithField("before", before.usage.UsedMemoryBytes).
-					Error("after the leave-running checkpoint the sandbox has not re-acquired its GPU memory; is it still paused?")
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
+		now, ok := s.g.waitUsage(ctx, s.before.PIDs, gpuSettleTimeout, func(u cuda.Usage) bool { return u.UsedMemoryBytes >= s.before.UsedMemoryBytes })
+		if !ok {
+			log.G(ctx).WithField("id", id).WithField("before", s.before.UsedMemoryBytes).WithField("now", now.UsedMemoryBytes).
+				Warn("after the leave-running checkpoint the sandbox holds less GPU memory than before")
+			return
 		}
+		log.G(ctx).WithField("id", id).WithField("bytes", now.UsedMemoryBytes).Info("GPU memory held again after the leave-running checkpoint")
+		s.g.report(ctx, id, "checkpoint-leave-running", s.before, now)
 	}()
 }
 
-// checkRestore compares a checkpoint's GPU facts with this host and returns
+// factsOf is what pkg/cuda compares with this host.
+func factsOf(saved *checkpoint.GPU) cuda.GPUFacts {
+	f := cuda.GPUFacts{DriverVersion: saved.DriverVersion, UsedMemoryBytes: saved.UsedMemoryBytes, Source: saved.Source}
+	for _, d := range saved.Devices {
+		f.Devices = append(f.Devices, cuda.Device{Index: d.Index, Minor: d.Minor, UUID: d.UUID, Name: d.Name, MemoryTotal: d.MemoryTotalBytes})
+	}
+	return f
+}
+
+// checkRestore compares a checkpoint's GPU facts with this host and passes
 // the device map (checkpoint GPU UUID = this host's GPU UUID, paired by
-// /dev/nvidiaN) the CUDA toggle needs at restore; runsc remaps the device
-// nodes itself. The map is returned even when it is the identity, so every
-// restore takes the same path.
-func (g *gpuSetup) checkRestore(ctx context.Context, saved *checkpoint.GPU) (string, error) {
+// /dev/nvidiaN) to the CUDA toggle through the restored container's
+// environment: runsc runs the tool with the environment of the spec the
+// container is restored with, and does not compare the environment. runsc
+// remaps the device nodes itself. The map is given even when it is the
+// identity, so every restore takes the same path.
+func (g *gpuContainer) checkRestore(ctx context.Context, saved *checkpoint.GPU, spec *specs.Spec) error {
 	if saved == nil || saved.DriverVersion == "" {
 		// No facts were recorded (discovery was unavailable): runsc still
 		// checks the driver version itself.
-		return "", nil
+		return nil
 	}
+	facts := factsOf(saved)
 	host, err := g.discover.Snapshot(ctx)
 	if errors.Is(err, cuda.ErrNoGPU) {
-		return "", fmt.Errorf("the checkpoint needs %d NVIDIA GPU(s) with driver %s, but this host shows none: %v", len(saved.Devices), saved.DriverVersion, err)
+		return fmt.Errorf("%w: the checkpoint needs %d NVIDIA GPU(s) with driver %s, but this host shows none: %v", errdefs.ErrFailedPrecondition, len(saved.Devices), saved.DriverVersion, err)
 	}
 	if err != nil {
-		return "", fmt.Errorf("discovering this host's GPUs: %w", err)
+		return fmt.Errorf("discovering this host's GPUs: %w", err)
 	}
-	if err := cuda.CheckCompatible(saved.GPUFacts, host); err != nil {
-		return "", err
+	if err := cuda.CheckCompatible(facts, host); err != nil {
+		return fmt.Errorf("%w: %v", errdefs.ErrFailedPrecondition, err)
 	}
-	return cuda.DeviceMap(saved.GPUFacts, host)
-}
-
-// setDeviceMap passes a restore's device map to the CUDA toggle tool through
-// the container's environment: runsc runs the tool with the environment of
-// the spec the container is restored with (runsc does not compare the
-// environment at restore).
-func setDeviceMap(spec *specs.Spec, deviceMap string) {
+	deviceMap, err := cuda.DeviceMap(facts, host)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errdefs.ErrFailedPrecondition, err)
+	}
+	log.G(ctx).WithField("device_map", deviceMap).Info("GPU restore: device map for the CUDA toggle")
 	if deviceMap != "" {
 		setEnv(spec, driver.EnvDeviceMap, deviceMap)
 	}
+	return nil
 }
 
-// verifyAfterRestore checks, in the background, that the restored sandbox
-// holds GPU memory again, and reports it.
-func (g *gpuSetup) verifyAfterRestore(ctx context.Context, c *container, saved *checkpoint.GPU) {
+func (g *gpuContainer) restored(ctx context.Context, id string, pid int, saved *checkpoint.GPU) {
 	if saved == nil || saved.UsedMemoryBytes == 0 {
 		return
 	}
-	pid := c.init.Pid()
 	ctx = context.WithoutCancel(ctx)
 	go func() {
-		deadline := time.Now().Add(gpuSettleTimeout)
-		for {
-			u := g.sandboxUsage(ctx, pid)
-			if u.err == nil && u.usage.HoldsGPU() {
-				log.G(ctx).WithField("id", c.id).WithField("bytes", u.usage.UsedMemoryBytes).Info("restored sandbox holds GPU memory again")
-				g.report(ctx, c.id, "restore", saved.UsedMemoryBytes, u.usage)
-				return
-			}
-			if time.Now().After(deadline) {
-				log.G(ctx).WithField("id", c.id).Warn("restored sandbox holds no GPU memory yet (its CUDA processes may still be restoring)")
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
+		pids, err := cuda.PidsInSameCgroup(pid)
+		if err != nil || len(pids) == 0 {
+			pids = []int{pid}
 		}
+		now, ok := g.waitUsage(ctx, pids, gpuSettleTimeout, func(u cuda.Usage) bool { return u.HoldsGPU() })
+		if !ok {
+			log.G(ctx).WithField("id", id).Warn("restored sandbox holds no GPU memory yet (its CUDA processes may still be restoring)")
+			return
+		}
+		log.G(ctx).WithField("id", id).WithField("bytes", now.UsedMemoryBytes).Info("restored sandbox holds GPU memory again")
+		g.report(ctx, id, "restore", saved.UsedMemoryBytes, now)
 	}()
 }
 
-// report publishes a GPU fact as an event on topic /runsc-cuda/gpu.
-func (g *gpuSetup) report(ctx context.Context, id, phase string, before any, after cuda.Usage) {
-	if g.publish == nil {
-		return
+// explain says what runsc's error means for CUDA: a process runsc did not
+// toggle (it skips, with only a warning in its log, every process for which
+// the toggle tool cannot run or answer --get-state, and the save then meets
+// the process's device mappings).
+func (g *gpuContainer) explain(err error) string {
+	if strings.Contains(err.Error(), "nvproxy.frontendFDMemmapFile") {
+		return fmt.Sprintf("; a CUDA process was not toggled before the save: runsc skips processes for which the toggle tool (%s in the container) fails to run or to report --get-state (runsc's debug log says why); check that `%s --get-state --pid <pid>` runs inside the container (`ctr task exec`)", ToggleToolPath, ToggleToolPath)
 	}
-	g.publish(ctx, "/runsc-cuda/gpu", map[string]any{"container_id": id, "phase": phase, "before": before, "after": after})
+	return ""
 }

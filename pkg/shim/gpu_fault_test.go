@@ -28,7 +28,7 @@ func TestToggleToolMountedReadOnly(t *testing.T) {
 		{Destination: ToggleToolPath, Type: "bind", Source: "/var/lib/evil/tool", Options: []string{"rbind", "rw"}},
 		{Destination: "/data", Type: "bind", Source: dir, Options: []string{"rbind", "rw"}},
 	}
-	if _, err := prepareGPU(context.Background(), &Config{CUDA: CUDAConfig{ToggleTool: tool}}, spec); err != nil {
+	if _, err := newGPU(context.Background(), &Config{CUDA: CUDAConfig{ToggleTool: tool}}, spec, nil); err != nil {
 		t.Fatal(err)
 	}
 	var found []specs.Mount
@@ -83,7 +83,7 @@ func TestToggleToolMissing(t *testing.T) {
 				}
 			}
 			spec := gpuSpec()
-			_, err := prepareGPU(context.Background(), &Config{CUDA: CUDAConfig{ToggleTool: tc.tool}}, spec)
+			_, err := newGPU(context.Background(), &Config{CUDA: CUDAConfig{ToggleTool: tc.tool}}, spec, nil)
 			if !errdefs.IsFailedPrecondition(err) {
 				t.Fatalf("err = %v, want FailedPrecondition", err)
 			}

@@ -33,16 +33,16 @@ func TestPrepareGPU(t *testing.T) {
 	cfg := &Config{CUDA: CUDAConfig{ToggleTool: tool, DriverLibDir: libs, LockTimeout: "2s"}}
 	ctx := context.Background()
 
-	if g, err := prepareGPU(ctx, cfg, &specs.Spec{Process: &specs.Process{}}); g != nil || err != nil {
+	if g, err := newGPU(ctx, cfg, &specs.Spec{Process: &specs.Process{}}, nil); err != nil || g.enabled() {
 		t.Fatalf("a spec without GPUs: %v, %v", g, err)
 	}
 
 	spec := gpuSpec()
-	g, err := prepareGPU(ctx, cfg, spec)
-	if err != nil || g == nil {
-		t.Fatalf("prepareGPU: %v, %v", g, err)
+	h, err := newGPU(ctx, cfg, spec, nil)
+	if err != nil || !h.enabled() {
+		t.Fatalf("newGPU: %v, %v", h, err)
 	}
-	if g.toolInContainer != ToggleToolPath || !slices.Equal(g.visible, []int{0}) {
+	if g := h.(*gpuContainer); !slices.Equal(g.visible, []int{0}) {
 		t.Errorf("setup = %+v", g)
 	}
 	want := []specs.Mount{
@@ -61,13 +61,8 @@ func TestPrepareGPU(t *testing.T) {
 	again := gpuSpec()
 	again.Mounts = slices.Clone(spec.Mounts)
 	again.Process.Env = slices.Clone(spec.Process.Env)
-	if _, err := prepareGPU(ctx, cfg, again); err != nil || !reflect.DeepEqual(again, spec) {
+	if _, err := newGPU(ctx, cfg, again, nil); err != nil || !reflect.DeepEqual(again, spec) {
 		t.Errorf("preparing twice changed the spec:\n%+v\n%+v", again, spec)
-	}
-
-	setDeviceMap(spec, "GPU-a=GPU-b")
-	if !slices.Contains(spec.Process.Env, "CUDA_CHECKPOINT_DEVICE_MAP=GPU-a=GPU-b") {
-		t.Errorf("device map not in env: %q", spec.Process.Env)
 	}
 }
 
@@ -78,7 +73,7 @@ func TestPrepareGPUDriverLibsFromCDI(t *testing.T) {
 	spec := gpuSpec()
 	spec.Mounts = []specs.Mount{{Destination: "/usr/lib/x86_64-linux-gnu/libcuda.so.1", Source: "/usr/lib/x86_64-linux-gnu/libcuda.so.580.159.04", Type: "bind"}}
 	cfg := &Config{CUDA: CUDAConfig{ToggleTool: tool, DriverLibDir: dir}}
-	if _, err := prepareGPU(context.Background(), cfg, spec); err != nil {
+	if _, err := newGPU(context.Background(), cfg, spec, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range spec.Mounts {
@@ -101,7 +96,7 @@ func TestPrepareGPUErrors(t *testing.T) {
 		{"lib dir missing", Config{CUDA: CUDAConfig{ToggleTool: "/bin/true", DriverLibDir: filepath.Join(dir, "nolibs")}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := prepareGPU(context.Background(), &tc.cfg, gpuSpec())
+			_, err := newGPU(context.Background(), &tc.cfg, gpuSpec(), nil)
 			if !errdefs.IsFailedPrecondition(err) {
 				t.Fatalf("err = %v, want FailedPrecondition", err)
 			}
@@ -111,14 +106,13 @@ func TestPrepareGPUErrors(t *testing.T) {
 
 func TestUntoggledCUDAHint(t *testing.T) {
 	pma := errors.New("checkpoint failed: encoding error: Can't save pma with non-MemoryFile of type *nvproxy.frontendFDMemmapFile")
-	if h := untoggledCUDAHint(nil, errors.New("disk full")); h != "" {
+	if h := (noGPU{}).explain(errors.New("disk full")); h != "" {
 		t.Errorf("hint for an unrelated error: %q", h)
 	}
-	if h := untoggledCUDAHint(nil, pma); !strings.Contains(h, "not detected as a GPU container") {
+	if h := (noGPU{}).explain(pma); !strings.Contains(h, "not detected as a GPU container") {
 		t.Errorf("hint without GPU setup: %q", h)
 	}
-	g := &gpuSetup{toolInContainer: "/.runsc-cuda/cuda-checkpoint"}
-	if h := untoggledCUDAHint(g, pma); !strings.Contains(h, "/.runsc-cuda/cuda-checkpoint --get-state --pid") {
+	if h := (&gpuContainer{}).explain(pma); !strings.Contains(h, "/.runsc-cuda/cuda-checkpoint --get-state --pid") {
 		t.Errorf("hint with GPU setup: %q", h)
 	}
 }

@@ -21,26 +21,15 @@ import (
 	"github.com/containerd/containerd/v2/defaults"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	cdshim "github.com/containerd/containerd/v2/pkg/shim"
-	"github.com/containerd/containerd/v2/pkg/shutdown"
-	"github.com/containerd/containerd/v2/pkg/sys/reaper"
-	"github.com/containerd/containerd/v2/plugins"
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
-	"github.com/containerd/plugin"
-	"github.com/containerd/plugin/registry"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/process"
-	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/runsc"
 )
-
-// addressFile is the file in a container's bundle that holds its shim's
-// socket address (as containerd's runc shim keeps it): the shim server removes
-// that socket when it shuts down, and `delete` when the shim was killed.
-const addressFile = "address"
 
 // groupLabels group containers into one shim: our own label first, then the
 // CRI's sandbox id so that all containers of a pod share one shim (and, in
@@ -48,26 +37,6 @@ const addressFile = "address"
 var groupLabels = []string{
 	RuntimeName + ".group",
 	annotationSandboxID,
-}
-
-// RegisterPlugins registers the task service with the shim framework.
-func RegisterPlugins() {
-	registry.Register(&plugin.Registration{
-		Type:     plugins.TTRPCPlugin,
-		ID:       "task",
-		Requires: []plugin.Type{plugins.EventPlugin, plugins.InternalPlugin},
-		InitFn: func(ic *plugin.InitContext) (any, error) {
-			pp, err := ic.GetByID(plugins.EventPlugin, "publisher")
-			if err != nil {
-				return nil, err
-			}
-			ss, err := ic.GetByID(plugins.InternalPlugin, "shutdown")
-			if err != nil {
-				return nil, err
-			}
-			return NewService(ic.Context, pp.(cdshim.Publisher), ss.(shutdown.Service))
-		},
-	})
 }
 
 // Manager starts, stops and describes shim processes (containerd's
@@ -91,7 +60,7 @@ func (m *Manager) Start(ctx context.Context, params *bootapi.BootstrapParams) (_
 	id := params.GetInstanceID()
 	debug := params.GetLogLevel() <= bootapi.LogLevel_LOG_LEVEL_DEBUG
 
-	spec, err := readSpec(".")
+	spec, err := bundle(".").readSpec()
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +87,7 @@ func (m *Manager) Start(ctx context.Context, params *bootapi.BootstrapParams) (_
 		}
 		if cdshim.CanConnect(address) {
 			// Another container of the group already has a shim.
-			if err := writeAddress(addressFile, address); err != nil {
+			if err := writeAddress(address); err != nil {
 				return nil, err
 			}
 			result.Address = address
@@ -183,7 +152,7 @@ func (m *Manager) Start(ctx context.Context, params *bootapi.BootstrapParams) (_
 	if err := cdshim.AdjustOOMScore(cmd.Process.Pid); err != nil {
 		log.G(ctx).WithError(err).Warn("could not adjust the shim's OOM score")
 	}
-	if err := writeAddress(addressFile, address); err != nil {
+	if err := writeAddress(address); err != nil {
 		return nil, err
 	}
 	result.Address = address
@@ -213,57 +182,47 @@ func (m *Manager) Stop(ctx context.Context, id string) (cdshim.StopStatus, error
 	if err != nil {
 		return cdshim.StopStatus{}, err
 	}
-	bundle := filepath.Join(filepath.Dir(cwd), id)
+	b := bundle(filepath.Join(filepath.Dir(cwd), id))
 	if opts, ok := ctx.Value(cdshim.OptsKey{}).(cdshim.Opts); ok && opts.BundlePath != "" {
-		bundle = opts.BundlePath
+		b = bundle(opts.BundlePath)
 	}
 	ns, err := namespaces.NamespaceRequired(ctx)
 	if err != nil {
 		return cdshim.StopStatus{}, err
 	}
-	cfg, err := readBundleConfig(bundle)
+	cfg, err := b.readConfig()
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("reading the shim config from the bundle; using defaults")
 		cfg = &Config{}
 	}
-	spec, err := readSpec(bundle)
+	spec, err := b.readSpec()
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("reading the bundle's spec; assuming the container is its own sandbox")
 	}
-	rt := newRunsc(cfg, ns, sandboxID(id, spec), bundle, false, reaper.Default)
+	root := cfg.RunscRoot(ns, sandboxID(id, spec))
+	rt := newRunsc(cfg, ns, root, b, false, "")
 	rt.Log = ""
-	err = rt.Delete(ctx, id, true)
-	if runsc.IsNotExist(err) {
-		// A container created by a shim from before the state directory per
-		// sandbox (one directory per namespace), cleaned up by this one after
-		// an upgrade.
-		legacy := newRunsc(cfg, ns, "", bundle, false, reaper.Default)
-		legacy.Log = ""
-		if lerr := legacy.Delete(ctx, id, true); lerr == nil {
-			err = nil
-		}
-	}
-	if err != nil && !runsc.IsNotExist(err) {
+	if err := rt.Delete(ctx, id); err != nil && !errdefs.IsNotFound(err) {
 		log.G(ctx).WithError(err).Warn("removing the container from runsc")
 	}
-	removeSandboxRoot(ctx, rt)
-	removeInterruptedCheckpoint(ctx, bundle)
+	removeRunscRoot(ctx, root)
+	removeInterruptedCheckpoint(ctx, b)
 	// A shim that was killed could not remove its socket; nobody answers on
 	// it any more (a pod's shim that still serves others keeps it).
-	if address, err := cdshim.ReadAddress(filepath.Join(bundle, addressFile)); err == nil && !cdshim.CanConnect(address) {
+	if address, err := cdshim.ReadAddress(b.path(addressFile)); err == nil && !cdshim.CanConnect(address) {
 		_ = cdshim.RemoveSocket(address)
 	}
-	if err := mount.UnmountRecursive(filepath.Join(bundle, "rootfs"), 0); err != nil {
+	if err := mount.UnmountRecursive(b.path(rootfsDir), 0); err != nil {
 		log.G(ctx).WithError(err).Warn("unmounting rootfs")
 	}
-	pid, status, at, err := readExitStatus(bundle)
+	pid, status, at, err := b.readExitStatus()
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
 			log.G(ctx).WithError(err).Warn("reading the recorded exit status")
 		}
 		// The container did not exit through the shim (it died): report the
 		// sandbox's pid with SIGKILL, as containerd's runc shim does.
-		if p, perr := runc.ReadPidFile(filepath.Join(bundle, process.InitPidFile)); perr == nil {
+		if p, perr := runc.ReadPidFile(b.path(process.InitPidFile)); perr == nil {
 			pid = p
 		}
 		return cdshim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(unix.SIGKILL), Pid: pid}, nil
@@ -295,17 +254,4 @@ func (m *Manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeI
 	}
 	info.Options = &a
 	return info, nil
-}
-
-// writeAddress records address in path (relative to the bundle, the working
-// directory of start) atomically.
-func writeAddress(path, address string) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(address), 0o600); err != nil {
-		return fmt.Errorf("recording the shim address: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("recording the shim address: %w", err)
-	}
-	return nil
 }

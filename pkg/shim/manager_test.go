@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,13 +15,11 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// TestStopRemovesRunscStateInEitherLayout runs the shim's `delete` (Manager.Stop,
-// which containerd calls after a shim died) with a fake runsc that records its
-// arguments. The container's state is looked for in its sandbox's directory first;
-// when runsc has none there (a container created by a shim from before the
-// per-sandbox layout), in the namespace's directory, as that shim kept it. The
-// sandbox's directory goes either way.
-func TestStopRemovesRunscStateInEitherLayout(t *testing.T) {
+// TestStopRemovesRunscState runs the shim's `delete` (Manager.Stop, which
+// containerd calls after a shim died) with a fake runsc that records its
+// arguments: the container is deleted from its sandbox's runsc directory, and
+// the directory goes. The bundle's config may have the first release's name.
+func TestStopRemovesRunscState(t *testing.T) {
 	// The commands run through containerd's reaper, which learns of exits from
 	// Reap; the shim calls it on SIGCHLD.
 	stop := make(chan struct{})
@@ -37,35 +36,30 @@ func TestStopRemovesRunscStateInEitherLayout(t *testing.T) {
 	}()
 
 	for _, tc := range []struct {
-		name     string
-		legacy   bool
-		wantRoot []string // the --root of each delete, relative to the base
+		name       string
+		configFile string
+		wantRoot   []string // the --root of each delete, relative to the base
 	}{
-		{"per-sandbox", false, []string{"ns1/c1"}},
-		{"legacy", true, []string{"ns1/c1", "ns1"}},
+		{"config", shimConfigFile, []string{"ns1/c1"}},
+		{"first release's config", legacyShimConfigFile, []string{"ns1/c1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			base := filepath.Join(dir, "runsc-root")
 			argsFile := filepath.Join(dir, "args")
-			// runsc answers "does not exist" for the sandbox's directory in the
-			// legacy case, and deletes otherwise.
-			body := "exit 0"
-			if tc.legacy {
-				body = `case "$*" in *--root=` + base + `/ns1/c1*) echo 'loading container: file does not exist' >&2; exit 128;; esac; exit 0`
-			}
 			fake := filepath.Join(dir, "runsc")
-			if err := os.WriteFile(fake, []byte("#!/bin/sh\necho \"$@\" >> "+argsFile+"\n"+body+"\n"), 0o755); err != nil {
+			if err := os.WriteFile(fake, []byte("#!/bin/sh\necho \"$@\" >> "+argsFile+"\nexit 0\n"), 0o755); err != nil {
 				t.Fatal(err)
 			}
-			bundle := filepath.Join(dir, "bundle")
-			if err := os.MkdirAll(filepath.Join(bundle, "rootfs"), 0o755); err != nil {
+			bdir := filepath.Join(dir, "bundle")
+			if err := os.MkdirAll(filepath.Join(bdir, "rootfs"), 0o755); err != nil {
 				t.Fatal(err)
 			}
-			if err := writeBundleConfig(bundle, &Config{BinaryName: fake, Root: base}); err != nil {
+			cfg, _ := json.Marshal(&Config{BinaryName: fake, Root: base})
+			if err := os.WriteFile(filepath.Join(bdir, tc.configFile), cfg, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			if err := writeSpec(bundle, &specs.Spec{Version: specs.Version}); err != nil {
+			if err := bundle(bdir).writeSpec(&specs.Spec{Version: specs.Version}); err != nil {
 				t.Fatal(err)
 			}
 			sandboxDir := filepath.Join(base, "ns1", "c1")
@@ -73,7 +67,7 @@ func TestStopRemovesRunscStateInEitherLayout(t *testing.T) {
 				t.Fatal(err)
 			}
 			ctx := namespaces.WithNamespace(context.Background(), "ns1")
-			ctx = context.WithValue(ctx, shim.OptsKey{}, shim.Opts{BundlePath: bundle})
+			ctx = context.WithValue(ctx, shim.OptsKey{}, shim.Opts{BundlePath: bdir})
 			st, err := NewManager(RuntimeName).Stop(ctx, "c1")
 			if err != nil {
 				t.Fatal(err)

@@ -1,7 +1,6 @@
 package shim
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -29,7 +28,9 @@ type Config struct {
 	BinaryName string `toml:"binary_name" json:"binary_name,omitempty"`
 	// Root is runsc's state directory; the namespace is appended.
 	Root string `toml:"root" json:"root,omitempty"`
-	// LogLevel is the shim's log level (debug, info, warn, error).
+	// LogLevel is the shim's log level (trace, debug, info, warn, error);
+	// empty keeps containerd's (debug when containerd runs with debug
+	// logging, else info).
 	LogLevel string `toml:"log_level" json:"log_level,omitempty"`
 	// IoUID and IoGID own the container's stdio pipes (user namespaces).
 	IoUID int `toml:"io_uid" json:"io_uid,omitempty"`
@@ -77,6 +78,12 @@ type CUDAConfig struct {
 	// LockTimeout bounds how long the toggle waits for running CUDA work
 	// ("10s"); empty leaves the driver's default.
 	LockTimeout string `toml:"lock_timeout" json:"lock_timeout,omitempty"`
+	// VerifyExitCheckpoint makes an exit checkpoint of a GPU container
+	// resume the sandbox after the save, so that its CUDA state is known to
+	// come back onto the GPUs, before it stops it. Unset means true. With
+	// false the sandbox is stopped right after the save and the image's
+	// metadata says its CUDA restore is unverified.
+	VerifyExitCheckpoint *bool `toml:"verify_exit_checkpoint" json:"verify_exit_checkpoint,omitempty"`
 	// DriverLibDir is a host directory holding the NVIDIA user-space driver
 	// libraries (libcuda.so.1, ...), mounted read-only into GPU containers
 	// whose spec does not already provide them (CDI or the NVIDIA toolkit).
@@ -86,6 +93,18 @@ type CUDAConfig struct {
 // BackgroundRestoreEnabled resolves the default of BackgroundRestore.
 func (c CheckpointConfig) BackgroundRestoreEnabled() bool {
 	return c.BackgroundRestore == nil || *c.BackgroundRestore
+}
+
+func (c CUDAConfig) verifyExitCheckpoint() bool {
+	return c.VerifyExitCheckpoint == nil || *c.VerifyExitCheckpoint
+}
+
+// compression is the image compression runsc is asked for.
+func (c CheckpointConfig) compression() string {
+	if c.Compression == "" {
+		return "none"
+	}
+	return c.Compression
 }
 
 // LockTimeoutDuration parses LockTimeout.
@@ -136,6 +155,14 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("log_level %q is not one of trace, debug, info, warn, error", c.LogLevel)
 	}
 	return nil
+}
+
+// netstack reports whether the sandbox runs gVisor's own network stack
+// (runsc's network=sandbox, the default), which takes over the interfaces of
+// its network namespace.
+func (c *Config) netstack() bool {
+	n := c.RunscConfig["network"]
+	return n == "" || n == "sandbox"
 }
 
 // RunscBase returns the configured runsc state directory (Root or
@@ -208,82 +235,82 @@ func defaultConfig() (*Config, error) {
 //     the CRI sends for non-runc runtimes, and `ctr --runtime-config-path`;
 //   - runc's options.Options: the default config file, with BinaryName, Root
 //     and the IO owner taken from the options when set (runsc is a
-//     runc-compatible binary); runc-only settings are refused.
+//     runc-compatible binary); SystemdCgroup is refused (it has a runsc
+//     flag), the other runc settings have nothing to act on under runsc.
 func ParseOptions(opts *anypb.Any) (*Config, error) {
+	c, _, err := parseOptions(opts)
+	return c, err
+}
+
+// parseOptions is ParseOptions that also returns runc's options when those
+// were sent (their CriuImagePath names a checkpoint to restore).
+func parseOptions(opts *anypb.Any) (*Config, *runcoptions.Options, error) {
 	if opts == nil || opts.GetValue() == nil && opts.GetTypeUrl() == "" {
-		return defaultConfig()
+		c, err := defaultConfig()
+		return c, nil, err
 	}
 	v, err := typeurl.UnmarshalAny(opts)
 	if err != nil {
-		return nil, fmt.Errorf("%w: runtime options of type %q cannot be read by this shim: %v; use runtimeoptions.v1.Options with ConfigPath pointing at a TOML file", errdefs.ErrInvalidArgument, opts.GetTypeUrl(), err)
+		return nil, nil, fmt.Errorf("%w: runtime options of type %q cannot be read by this shim: %v; use runtimeoptions.v1.Options with ConfigPath pointing at a TOML file", errdefs.ErrInvalidArgument, opts.GetTypeUrl(), err)
 	}
 	switch o := v.(type) {
 	case *runtimeoptions.Options:
-		if len(o.ConfigBody) > 0 {
-			return decodeConfig(string(o.ConfigBody), "(inline ConfigBody)")
-		}
-		if o.ConfigPath == "" {
-			return defaultConfig()
-		}
-		data, err := os.ReadFile(o.ConfigPath)
-		if err != nil {
-			return nil, fmt.Errorf("%w: reading shim config: %v", errdefs.ErrInvalidArgument, err)
-		}
-		return decodeConfig(string(data), o.ConfigPath)
+		c, err := configOf(o)
+		return c, nil, err
 	case *runcoptions.Options:
-		if o.SystemdCgroup {
-			return nil, fmt.Errorf("%w: runc option SystemdCgroup is not supported by runsc-cuda; set runsc_config systemd-cgroup = \"true\" in the shim config instead", errdefs.ErrInvalidArgument)
-		}
-		// containerd sends runc options as task options (CriuImagePath for
-		// a restore from a path), and then does not forward the runtime's
-		// own options: start from the default config file.
-		c, err := defaultConfig()
-		if err != nil {
-			return nil, err
-		}
-		if o.BinaryName != "" {
-			c.BinaryName = o.BinaryName
-		}
-		if o.Root != "" {
-			c.Root = o.Root
-		}
-		if o.IoUid != 0 || o.IoGid != 0 {
-			c.IoUID, c.IoGID = int(o.IoUid), int(o.IoGid)
-		}
-		if err := c.Validate(); err != nil {
-			return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
-		}
-		return c, nil
+		c, err := configFromRunc(o)
+		return c, o, err
 	default:
-		return nil, fmt.Errorf("%w: runtime options of type %T are not supported by io.containerd.runsc-cuda.v1; use runtimeoptions.v1.Options{ConfigPath: \"/etc/containerd/runsc-cuda.toml\"}", errdefs.ErrInvalidArgument, v)
+		return nil, nil, fmt.Errorf("%w: runtime options of type %T are not supported by io.containerd.runsc-cuda.v1; use runtimeoptions.v1.Options{ConfigPath: \"/etc/containerd/runsc-cuda.toml\"}", errdefs.ErrInvalidArgument, v)
 	}
 }
 
-const configFileName = "runsc-cuda.json"
-
-// writeBundleConfig persists the resolved config in the bundle so that a
-// later `shim delete` (after the shim died) can find runsc and its root.
-func writeBundleConfig(bundle string, c *Config) error {
-	data, err := json.Marshal(c)
+func configOf(o *runtimeoptions.Options) (*Config, error) {
+	if len(o.ConfigBody) > 0 {
+		return decodeConfig(string(o.ConfigBody), "(inline ConfigBody)")
+	}
+	if o.ConfigPath == "" {
+		return defaultConfig()
+	}
+	data, err := os.ReadFile(o.ConfigPath)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("%w: reading shim config: %v", errdefs.ErrInvalidArgument, err)
 	}
-	return os.WriteFile(filepath.Join(bundle, configFileName), data, 0o600)
+	return decodeConfig(string(data), o.ConfigPath)
 }
 
-// readBundleConfig reads what writeBundleConfig wrote; a missing file gives
-// the defaults.
-func readBundleConfig(bundle string) (*Config, error) {
-	data, err := os.ReadFile(filepath.Join(bundle, configFileName))
-	if os.IsNotExist(err) {
-		return &Config{}, nil
+func configFromRunc(o *runcoptions.Options) (*Config, error) {
+	if o.SystemdCgroup {
+		return nil, fmt.Errorf("%w: runc option SystemdCgroup is not supported by runsc-cuda; set runsc_config systemd-cgroup = \"true\" in the shim config instead", errdefs.ErrInvalidArgument)
 	}
+	// containerd sends runc options as task options (CriuImagePath for a
+	// restore from a path), and then does not forward the runtime's own
+	// options: start from the default config file.
+	c, err := defaultConfig()
 	if err != nil {
 		return nil, err
 	}
-	var c Config
-	if err := json.Unmarshal(data, &c); err != nil {
-		return nil, fmt.Errorf("parsing %s: %w", configFileName, err)
+	if o.BinaryName != "" {
+		c.BinaryName = o.BinaryName
 	}
-	return &c, nil
+	if o.Root != "" {
+		c.Root = o.Root
+	}
+	if o.IoUid != 0 || o.IoGid != 0 {
+		c.IoUID, c.IoGID = int(o.IoUid), int(o.IoGid)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
+	}
+	return c, nil
+}
+
+// hasDotDot reports whether path has a ".." element.
+func hasDotDot(path string) bool {
+	for _, e := range strings.Split(path, "/") {
+		if e == ".." {
+			return true
+		}
+	}
+	return false
 }

@@ -134,15 +134,15 @@ func TestDefaultConfigFile(t *testing.T) {
 }
 
 func TestBundleConfigRoundTrip(t *testing.T) {
-	dir := t.TempDir()
-	if c, err := readBundleConfig(dir); err != nil || c.BinaryName != "" {
+	dir := bundle(t.TempDir())
+	if c, err := dir.readConfig(); err != nil || c.BinaryName != "" {
 		t.Fatalf("missing file: %+v, %v", c, err)
 	}
 	want := &Config{BinaryName: "/x/runsc", Root: "/r", RunscConfig: map[string]string{"debug": "true"}}
-	if err := writeBundleConfig(dir, want); err != nil {
+	if err := dir.writeConfig(want); err != nil {
 		t.Fatal(err)
 	}
-	got, err := readBundleConfig(dir)
+	got, err := dir.readConfig()
 	if err != nil || got.BinaryName != want.BinaryName || got.RunscConfig["debug"] != "true" {
 		t.Fatalf("got %+v, %v", got, err)
 	}

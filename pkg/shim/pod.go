@@ -2,11 +2,9 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"path/filepath"
-	"sort"
 	"strings"
-	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -14,7 +12,6 @@ import (
 
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/checkpoint"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/process"
-	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/runsc"
 )
 
 // Pods. The CRI runs a pod as a sandbox (pause) container and application
@@ -36,11 +33,9 @@ import (
 //   - Exit checkpoints of a pod's application container are refused: after
 //     gVisor saved the pod, stopping only that container is not atomic with
 //     the save. The CRI only asks for leave-running checkpoints.
-//   - A restore of a pod checkpoint into a pod's application container (the
-//     CRI's CreateContainer from a checkpoint archive) replaces the pod's
-//     running sandbox, which holds only its pause container, with a new one
-//     restored from the image: the pod's sandbox container and the restored
-//     container then run from the checkpoint, as one sandbox again.
+//   - A restore of a pod checkpoint into a pod's application container
+//     replaces the pod's running sandbox, which holds only its pause
+//     container, with a new one restored from the image (sandbox.replace).
 
 // annotationContainerName is the CRI's container name; gVisor matches the
 // containers of a restored sandbox to the checkpointed ones by it.
@@ -71,36 +66,6 @@ func gvisorName(spec *specs.Spec) string {
 	return name
 }
 
-// sandboxOf returns the id of the runsc sandbox a container runs in: the
-// pod's sandbox for a CRI application container, else its own.
-func sandboxOf(id string, spec *specs.Spec) string {
-	if subcontainer(spec) {
-		if sb := spec.Annotations[annotationSandboxID]; sb != "" {
-			return sb
-		}
-	}
-	return id
-}
-
-// sandboxMembers returns the containers of this shim that run in sandbox sb:
-// its root container (nil when not in this shim) and the others, by id.
-func (s *Service) sandboxMembers(sb string) (root *container, subs []*container) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, c := range s.containers {
-		if sandboxOf(c.id, c.spec) != sb {
-			continue
-		}
-		if c.id == sb {
-			root = c
-		} else {
-			subs = append(subs, c)
-		}
-	}
-	sort.Slice(subs, func(i, j int) bool { return subs[i].id < subs[j].id })
-	return root, subs
-}
-
 // describe names a container for error messages: its CRI name and id.
 func describe(c *container) string {
 	if n := c.spec.Annotations[annotationContainerName]; n != "" {
@@ -117,11 +82,11 @@ func describeAll(cs []*container) string {
 	return strings.Join(names, ", ")
 }
 
-// preparePodCheckpoint applies the pod rules above to a checkpoint of c,
-// removes the pod's exited containers from its sandbox, and returns the pod
-// the image will hold (nil for a container outside a pod).
-func (s *Service) preparePodCheckpoint(ctx context.Context, c *container, req checkpointRequest) (*checkpoint.Pod, error) {
-	pod, exited, err := s.checkPodCheckpoint(ctx, c, req)
+// checkpointPod applies the pod rules above to a checkpoint of c, removes
+// the pod's exited containers from its sandbox, and returns the pod the
+// image will hold (nil for a container outside a pod).
+func (sb *sandbox) checkpointPod(ctx context.Context, c *container, exit bool) (*checkpoint.Pod, error) {
+	pod, exited, err := sb.podRules(c, exit)
 	if err != nil {
 		return nil, err
 	}
@@ -130,7 +95,7 @@ func (s *Service) preparePodCheckpoint(ctx context.Context, c *container, req ch
 		// deleted, and gVisor would save it and wait for it at restore.
 		// Its task stays stopped; containerd's Delete of it finds nothing
 		// left in runsc, which is fine.
-		if err := o.init.Runtime().Delete(ctx, o.id, true); err != nil && !runsc.IsNotExist(err) {
+		if err := o.rt.Delete(ctx, o.id); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 			return nil, fmt.Errorf("removing the exited container %s from the pod's sandbox before the checkpoint: %w", describe(o), err)
 		}
 		log.G(ctx).WithField("id", o.id).Info("removed an exited container from the pod's sandbox for the checkpoint")
@@ -138,12 +103,11 @@ func (s *Service) preparePodCheckpoint(ctx context.Context, c *container, req ch
 	return pod, nil
 }
 
-// checkPodCheckpoint applies the pod rules above to a checkpoint of c and
-// returns the pod the image will hold (nil for a container outside a pod)
-// and the pod's exited containers.
-func (s *Service) checkPodCheckpoint(ctx context.Context, c *container, req checkpointRequest) (*checkpoint.Pod, []*container, error) {
-	sb := sandboxOf(c.id, c.spec)
-	root, subs := s.sandboxMembers(sb)
+// podRules applies the pod rules above to a checkpoint of c and returns the
+// pod the image will hold (nil for a container outside a pod) and the pod's
+// exited containers.
+func (sb *sandbox) podRules(c *container, exit bool) (*checkpoint.Pod, []*container, error) {
+	root, subs := sb.rootContainer(), sb.others(nil)
 	if !subcontainer(c.spec) {
 		if len(subs) > 0 {
 			return nil, nil, fmt.Errorf("%w: %s is the sandbox container of a pod that runs %s; gVisor saves the whole pod sandbox, so checkpoint the pod's application container instead",
@@ -156,7 +120,7 @@ func (s *Service) checkPodCheckpoint(ctx context.Context, c *container, req chec
 		if o == c {
 			continue
 		}
-		if st, _ := o.init.Status(ctx); st == process.StatusStopped || st == process.StatusDeleted {
+		if st, _ := o.init.Status(context.Background()); st == process.StatusStopped || st == process.StatusDeleted {
 			exited = append(exited, o)
 		} else {
 			live = append(live, o)
@@ -164,17 +128,17 @@ func (s *Service) checkPodCheckpoint(ctx context.Context, c *container, req chec
 	}
 	if len(live) > 0 {
 		return nil, nil, fmt.Errorf("%w: cannot checkpoint %s alone: gVisor checkpoints the whole pod sandbox %s, which also runs %s; a checkpoint would save those containers too and could not be restored one container at a time. Checkpoint pods that run a single application container (stop and remove the others first)",
-			errdefs.ErrFailedPrecondition, describe(c), sb, describeAll(live))
+			errdefs.ErrFailedPrecondition, describe(c), sb.id, describeAll(live))
 	}
 	if root == nil {
-		return nil, nil, fmt.Errorf("%w: the sandbox container %s of %s's pod is not served by this shim; cannot tell what the pod checkpoint would hold", errdefs.ErrFailedPrecondition, sb, c.id)
+		return nil, nil, fmt.Errorf("%w: the sandbox container %s of %s's pod is not served by this shim; cannot tell what the pod checkpoint would hold", errdefs.ErrFailedPrecondition, sb.id, c.id)
 	}
-	if req.Exit {
+	if exit {
 		return nil, nil, fmt.Errorf("%w: exit checkpoints of a pod's container (%s) are not supported: gVisor saves the whole pod, and stopping only this container after the save is not atomic with it; checkpoint it leaving it running (the CRI's CheckpointContainer does) and stop it through the CRI",
 			errdefs.ErrFailedPrecondition, describe(c))
 	}
 	return &checkpoint.Pod{
-		SandboxID: sb,
+		SandboxID: sb.id,
 		Containers: []checkpoint.PodContainer{
 			{ID: root.id, Name: gvisorName(root.spec), Sandbox: true},
 			{ID: c.id, Name: gvisorName(c.spec)},
@@ -184,8 +148,8 @@ func (s *Service) checkPodCheckpoint(ctx context.Context, c *container, req chec
 
 // checkPodRestore checks, before anything is created, that a checkpoint
 // fits the container restoring it: a pod checkpoint restores only into a
-// pod's application container of the same CRI name, and a standalone
-// container's checkpoint only into a standalone container.
+// pod's application container, and a standalone container's checkpoint only
+// into a standalone container.
 func checkPodRestore(meta *checkpoint.Metadata, spec *specs.Spec) error {
 	if meta.Pod == nil {
 		if subcontainer(spec) {
@@ -233,134 +197,68 @@ func remapName(meta *checkpoint.Metadata, spec *specs.Spec) bool {
 	return false
 }
 
-// restoreIntoPod restores the pod checkpoint c was created from: the pod's
-// running sandbox, which must hold no other application container, is
-// replaced by a new one restored from the image (see ReplaceSandbox), with c
-// created in it and then restored.
-func (s *Service) restoreIntoPod(ctx context.Context, c *container) error {
-	r := c.init.RestoreConfig()
-	if r == nil {
-		return fmt.Errorf("%w: %s is not being restored", errdefs.ErrFailedPrecondition, c.id)
-	}
-	sb := sandboxOf(c.id, c.spec)
-	root, subs := s.sandboxMembers(sb)
+// replace replaces the sandbox, running with only its root (pause)
+// container, by one restored from the pod checkpoint c was created from, in
+// which c is then restored. See process/replace.go for the steps. On
+// failure the pod's sandbox container has exited (137) and the error says
+// why; c is left created.
+func (sb *sandbox) replace(ctx context.Context, c *container) (retErr error) {
+	root := sb.rootContainer()
 	if root == nil {
-		return fmt.Errorf("%w: the sandbox container %s of %s's pod is not served by this shim; cannot restore the pod checkpoint", errdefs.ErrFailedPrecondition, sb, c.id)
+		return fmt.Errorf("%w: the sandbox container %s of %s's pod is not served by this shim; cannot restore the pod checkpoint", errdefs.ErrFailedPrecondition, sb.id, c.id)
 	}
-	var others []*container
-	for _, o := range subs {
-		if o != c {
-			others = append(others, o)
-		}
-	}
-	if len(others) > 0 {
+	if others := sb.others(c); len(others) > 0 {
 		return fmt.Errorf("%w: cannot restore %s into pod sandbox %s, which also runs %s: gVisor restores a pod checkpoint only as a whole sandbox; restore into a new pod",
-			errdefs.ErrFailedPrecondition, describe(c), sb, describeAll(others))
+			errdefs.ErrFailedPrecondition, describe(c), sb.id, describeAll(others))
 	}
-	log.G(ctx).WithField("id", c.id).WithField("sandbox", sb).Info("restoring a pod checkpoint: replacing the pod's sandbox")
-	// The old sandbox's cgroup goes and the new one takes its path: its
-	// removal reads as an OOM to the watcher (oommute.go).
-	for _, id := range []string{root.id, c.id} {
-		s.oomMuter.mute(id, oomMuteDuring)
+	log.G(ctx).WithField("id", c.id).WithField("sandbox", sb.id).Info("restoring a pod checkpoint: replacing the pod's sandbox")
+	// The new sandbox's cgroup takes the old one's path: the old one's
+	// removal is no OOM.
+	sb.oom.Stop(root.id)
+	sb.oom.Stop(c.id)
+	if err := root.init.Teardown(ctx); err != nil {
+		return fmt.Errorf("restoring pod sandbox %s for %s: %w", sb.id, c.id, err)
 	}
-	if c.restored != nil && remapName(c.restored, c.spec) {
-		// runsc reads it again when Recreate creates the container.
-		if err := writeSpec(c.bundle, c.spec); err != nil {
-			return fmt.Errorf("writing the restoring container's spec: %w", err)
+	defer func() {
+		if retErr != nil {
+			// The pod's sandbox container has no usable sandbox: it exits.
+			root.init.Destroy(ctx)
+			retErr = fmt.Errorf("restoring pod sandbox %s for %s: %w; the pod's sandbox was stopped", sb.id, c.id, retErr)
 		}
-	}
-	// Out of the sandbox that is about to go.
-	if err := c.init.Runtime().Delete(ctx, c.id, true); err != nil && !runsc.IsNotExist(err) {
-		return fmt.Errorf("removing %s from the pod's running sandbox: %w", c.id, err)
-	}
-	prepare := func(ctx context.Context) error {
-		// The old sandbox's overlay filestores stay in the rootfs
-		// directories and would make runsc refuse the new containers.
-		removeStaleFilestores(ctx, rootfsDir(root))
-		removeStaleFilestores(ctx, rootfsDir(c))
-		return nil
-	}
-	oldPid := root.init.Pid()
-	join := func(ctx context.Context) error {
-		// The CRI pointed the container's namespaces at the old sandbox
-		// (/proc/<pid>/ns/...); runsc recognizes the pod's own pid
-		// namespace by the sandbox's pid.
-		if repointNamespaces(c.spec, oldPid, root.init.Pid()) {
-			if err := writeSpec(c.bundle, c.spec); err != nil {
-				return fmt.Errorf("writing the restoring container's spec: %w", err)
-			}
-		}
-		return c.init.Recreate(ctx)
-	}
-	if err := root.init.ReplaceSandbox(ctx, *r, prepare, join); err != nil {
-		return fmt.Errorf("restoring pod sandbox %s for %s: %w", sb, c.id, err)
-	}
-	if err := c.init.Start(ctx); err != nil {
-		// The new sandbox waits for this container: end it; the pod's
-		// sandbox container reports its exit.
-		if derr := root.init.Runtime().Delete(context.WithoutCancel(ctx), root.id, true); derr != nil && !runsc.IsNotExist(derr) {
-			log.G(ctx).WithError(derr).WithField("id", root.id).Warn("removing the pod's half-restored sandbox")
-		}
+	}()
+	// The old sandbox's overlay filestores stay in the rootfs directories
+	// and would make runsc refuse the new containers.
+	removeStaleFilestores(ctx, root.bundle.rootfs(root.spec))
+	removeStaleFilestores(ctx, c.bundle.rootfs(c.spec))
+	if err := root.init.Recreate(ctx); err != nil {
 		return err
 	}
-	// Watch the new sandbox's cgroup.
-	for _, pc := range []*container{root, c} {
-		s.oomMuter.mute(pc.id, oomMuteAfter)
-		s.watchOOM(ctx, pc)
+	// The restoring container's spec, written once for this phase: its
+	// namespaces point at the new sandbox, and gVisor matches it to the
+	// checkpointed container by name.
+	changed := repointNamespaces(c.spec, sb.createdPid, root.init.Pid())
+	if remapName(c.restore.meta, c.spec) {
+		changed = true
 	}
-	return nil
-}
-
-// How long the OOM events of a pod whose sandbox is being replaced are
-// dropped: during the replacement, and a little after it for the old
-// cgroup's last event.
-const (
-	oomMuteDuring = time.Minute
-	oomMuteAfter  = 2 * time.Second
-)
-
-// repointPodNamespaces points a new pod container's namespaces at its pod's
-// current sandbox when a pod restore replaced it: the CRI still names the
-// sandbox pid it was told at create.
-func (s *Service) repointPodNamespaces(bundle string, spec *specs.Spec) error {
-	if !subcontainer(spec) {
-		return nil
-	}
-	s.mu.Lock()
-	root := s.containers[spec.Annotations[annotationSandboxID]]
-	s.mu.Unlock()
-	if root == nil || !repointNamespaces(spec, root.createdPid, root.init.Pid()) {
-		return nil
-	}
-	return writeSpec(bundle, spec)
-}
-
-// repointNamespaces makes the spec's namespace paths that name process
-// oldPid (/proc/<oldPid>/ns/<type>) name newPid instead. It reports whether
-// it changed anything.
-func repointNamespaces(spec *specs.Spec, oldPid, newPid int) bool {
-	if spec.Linux == nil || oldPid <= 0 || newPid <= 0 || oldPid == newPid {
-		return false
-	}
-	oldPrefix := fmt.Sprintf("/proc/%d/ns/", oldPid)
-	changed := false
-	for i, ns := range spec.Linux.Namespaces {
-		if rest, ok := strings.CutPrefix(ns.Path, oldPrefix); ok {
-			spec.Linux.Namespaces[i].Path = fmt.Sprintf("/proc/%d/ns/%s", newPid, rest)
-			changed = true
+	if changed {
+		if err := c.bundle.writeSpec(c.spec); err != nil {
+			return err
 		}
 	}
-	return changed
-}
-
-// rootfsDir is the directory the container's spec names as its root.
-func rootfsDir(c *container) string {
-	p := "rootfs"
-	if c.spec.Root != nil && c.spec.Root.Path != "" {
-		p = c.spec.Root.Path
+	if err := c.init.Recreate(ctx); err != nil {
+		return err
 	}
-	if !filepath.IsAbs(p) {
-		p = filepath.Join(c.bundle, p)
+	if err := sb.network.restore(ctx, root.init.Pid()); err != nil {
+		return err
 	}
-	return p
+	if err := root.init.RestoreSandbox(ctx, c.restore.config); err != nil {
+		return err
+	}
+	if err := c.init.Start(ctx); err != nil {
+		return err
+	}
+	for _, m := range []*container{root, c} {
+		sb.watchOOM(ctx, m)
+	}
+	return nil
 }

@@ -1,14 +1,11 @@
 package shim
 
 import (
-	"context"
 	"errors"
+	"os"
 	"strings"
 	"testing"
-	"time"
 
-	eventstypes "github.com/containerd/containerd/api/events"
-	"github.com/containerd/containerd/v2/core/events"
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -37,44 +34,53 @@ func podContainer(id string, spec *specs.Spec, exited bool) *container {
 	return c
 }
 
-func testService(cs ...*container) *Service {
-	s := &Service{containers: map[string]*container{}}
+// testPods puts the containers in the sandboxes they belong to.
+func testPods(cs ...*container) *sandboxes {
+	r := &sandboxes{}
 	for _, c := range cs {
-		s.containers[c.id] = c
+		c.sandboxID = sandboxID(c.id, c.spec)
+		r.get(c.sandboxID, "/run/test", nil).add(c)
 	}
-	return s
+	return r
 }
 
 func TestCheckPodCheckpoint(t *testing.T) {
-	pause := podContainer("pod", podSpec("pod", ""), false)
-	app := podContainer("app", podSpec("pod", "web"), false)
-	side := podContainer("side", podSpec("pod", "sidecar"), false)
-	initDone := podContainer("init", podSpec("pod", "init"), true)
-	alone := podContainer("alone", &specs.Spec{}, false)
-	otherPause := podContainer("pod2", podSpec("pod2", ""), false)
-	otherApp := podContainer("app2", podSpec("pod2", "db"), false)
-
+	// Fresh containers for each case: a case puts them in its sandboxes.
+	mk := map[string]func() *container{
+		"pause":      func() *container { return podContainer("pod", podSpec("pod", ""), false) },
+		"app":        func() *container { return podContainer("app", podSpec("pod", "web"), false) },
+		"side":       func() *container { return podContainer("side", podSpec("pod", "sidecar"), false) },
+		"initDone":   func() *container { return podContainer("init", podSpec("pod", "init"), true) },
+		"alone":      func() *container { return podContainer("alone", &specs.Spec{}, false) },
+		"otherPause": func() *container { return podContainer("pod2", podSpec("pod2", ""), false) },
+		"otherApp":   func() *container { return podContainer("app2", podSpec("pod2", "db"), false) },
+	}
 	for _, tc := range []struct {
 		name       string
-		s          *Service
-		c          *container
+		containers []string // the first is checkpointed
 		exit       bool
 		wantPod    bool
 		wantExited []string
 		wantErr    string
 	}{
-		{name: "standalone", s: testService(alone, pause, app), c: alone},
-		{name: "pause alone", s: testService(pause), c: pause},
-		{name: "pause with an app", s: testService(pause, app), c: pause, wantErr: "checkpoint the pod's application container"},
-		{name: "single app", s: testService(pause, app, otherPause, otherApp), c: app, wantPod: true},
-		{name: "two apps", s: testService(pause, app, side), c: app, wantErr: "sidecar (side)"},
-		{name: "exited init container", s: testService(pause, app, initDone), c: app, wantPod: true, wantExited: []string{"init"}},
-		{name: "exited and live", s: testService(pause, app, initDone, side), c: app, wantErr: "which also runs sidecar (side);"},
-		{name: "exit", s: testService(pause, app), c: app, exit: true, wantErr: "exit checkpoints"},
-		{name: "no pause", s: testService(app), c: app, wantErr: "not served by this shim"},
+		{name: "standalone", containers: []string{"alone", "pause", "app"}},
+		{name: "pause alone", containers: []string{"pause"}},
+		{name: "pause with an app", containers: []string{"pause", "app"}, wantErr: "checkpoint the pod's application container"},
+		{name: "single app", containers: []string{"app", "pause", "otherPause", "otherApp"}, wantPod: true},
+		{name: "two apps", containers: []string{"app", "pause", "side"}, wantErr: "sidecar (side)"},
+		{name: "exited init container", containers: []string{"app", "pause", "initDone"}, wantPod: true, wantExited: []string{"init"}},
+		{name: "exited and live", containers: []string{"app", "pause", "initDone", "side"}, wantErr: "which also runs sidecar (side);"},
+		{name: "exit", containers: []string{"app", "pause"}, exit: true, wantErr: "exit checkpoints"},
+		{name: "no pause", containers: []string{"app"}, wantErr: "not served by this shim"},
 	} {
+		var cs []*container
+		for _, n := range tc.containers {
+			cs = append(cs, mk[n]())
+		}
+		pods := testPods(cs...)
+		c := cs[0]
 		t.Run(tc.name, func(t *testing.T) {
-			pod, exited, err := tc.s.checkPodCheckpoint(context.Background(), tc.c, checkpointRequest{Exit: tc.exit})
+			pod, exited, err := pods.lookup(c.sandboxID).podRules(c, tc.exit)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errors.Is(err, errdefs.ErrFailedPrecondition) {
 					t.Fatalf("err = %v, want FailedPrecondition containing %q", err, tc.wantErr)
@@ -182,23 +188,38 @@ func TestRepointNamespaces(t *testing.T) {
 	}
 }
 
-type recordingPublisher struct{ topics []string }
-
-func (r *recordingPublisher) Publish(_ context.Context, topic string, _ events.Event) error {
-	r.topics = append(r.topics, topic)
-	return nil
-}
-
-func TestOOMMuter(t *testing.T) {
-	rec := &recordingPublisher{}
-	m := newOOMMuter(rec)
-	ctx := context.Background()
-	m.mute("a", time.Hour)
-	m.mute("b", -time.Second) // already over
-	_ = m.Publish(ctx, "/tasks/oom", &eventstypes.TaskOOM{ContainerID: "a"})
-	_ = m.Publish(ctx, "/tasks/oom", &eventstypes.TaskOOM{ContainerID: "b"})
-	_ = m.Publish(ctx, "/tasks/exit", &eventstypes.TaskExit{ContainerID: "a"})
-	if want := []string{"/tasks/oom", "/tasks/exit"}; strings.Join(rec.topics, ",") != strings.Join(want, ",") {
-		t.Fatalf("published %v, want %v", rec.topics, want)
+// TestOOMWatchStop: once a container's watch is stopped, an OOM event its
+// cgroup still produces (the removal of a replaced sandbox's cgroup reads as
+// one in cgroup v1) is not reported; a new watch of the same id reports again.
+func TestOOMWatchStop(t *testing.T) {
+	var got []string
+	w := &oomWatcher{onOOM: func(id string) { got = append(got, id) }, watchers: map[string]*oomWatch{}}
+	watch := func() *oomWatch {
+		r, wr, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { wr.Close() })
+		ow := &oomWatch{fd: r, done: make(chan struct{})}
+		go func() {
+			defer close(ow.done)
+			var b [1]byte
+			for {
+				if _, err := r.Read(b[:]); err != nil {
+					return
+				}
+			}
+		}()
+		return ow
+	}
+	old := watch()
+	w.watchers["a"] = old
+	w.report("a", old)
+	w.Stop("a")
+	w.report("a", old)
+	w.watchers["a"] = watch()
+	w.report("a", w.watchers["a"])
+	if strings.Join(got, ",") != "a,a" {
+		t.Fatalf("reported %v, want a twice (before the stop and on the new watch)", got)
 	}
 }

@@ -2,7 +2,6 @@ package shim
 
 import (
 	"fmt"
-	"os/exec"
 	"slices"
 
 	"github.com/containerd/errdefs"
@@ -10,8 +9,6 @@ import (
 
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/checkpoint"
 )
-
-var lookPath = exec.LookPath
 
 // summarizeSpec keeps the parts of a spec that runsc requires to be equal at
 // restore and that users change by mistake (a different command, a volume
@@ -52,4 +49,29 @@ func checkTerminal(ioTerminal bool, p *specs.Process) error {
 		return nil
 	}
 	return fmt.Errorf("%w: the task's IO has terminal=%t but the OCI spec's process.terminal is %t; set both or neither (ctr -t, or cio.WithTerminal with oci.WithTTY)", errdefs.ErrInvalidArgument, ioTerminal, specTerminal)
+}
+
+// CRI annotations that place a container in a pod sandbox (the same ones
+// runsc reads).
+const (
+	annotationContainerType = "io.kubernetes.cri.container-type"
+	annotationSandboxID     = "io.kubernetes.cri.sandbox-id"
+	containerTypeContainer  = "container"
+	containerTypeSandbox    = "sandbox"
+)
+
+// subcontainer reports whether the container joins an existing pod sandbox.
+func subcontainer(spec *specs.Spec) bool {
+	return spec.Annotations[annotationContainerType] == containerTypeContainer
+}
+
+// sandboxID returns the id of the sandbox a container runs in: its pod's
+// (the CRI's sandbox id) for a container joining a pod, its own otherwise.
+func sandboxID(id string, spec *specs.Spec) string {
+	if spec != nil && subcontainer(spec) {
+		if sb := spec.Annotations[annotationSandboxID]; sb != "" {
+			return sb
+		}
+	}
+	return id
 }

@@ -265,7 +265,7 @@ try_restore() { # try_restore NAME: restore from $PC into NAME, print ckptctl's 
 if [ "$DRY" != 1 ]; then
 	python3 - "$PC/runsc-cuda.json" <<'PY'
 import json, sys
-p = sys.argv[1]; m = json.load(open(p)); m["gpu"]["driverVersion"] = "999.1.2"; json.dump(m, open(p, "w"))
+p = sys.argv[1]; m = json.load(open(p)); m["gpu"]["driver_version"] = "999.1.2"; json.dump(m, open(p, "w"))
 PY
 	out=$(try_restore wpc-driver)
 	log "restore with a different driver in the metadata: $out"

@@ -1,0 +1,90 @@
+package shim
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/containerd/containerd/v2/core/runtime"
+	cdshim "github.com/containerd/containerd/v2/pkg/shim"
+	"github.com/containerd/containerd/v2/pkg/shutdown"
+	"github.com/containerd/log"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// gpuTopic is the shim's own event topic for host-side GPU facts (`ctr
+// events` shows it).
+const gpuTopic = "/runsc-cuda/gpu"
+
+// eventSink publishes the shim's events to containerd in the order they were
+// sent, from one goroutine, and delivers those still queued when the shim
+// shuts down.
+type eventSink struct {
+	ch        chan any
+	publisher cdshim.Publisher
+	done      <-chan struct{}
+}
+
+// newEvents starts forwarding; the shutdown service's callback flushes the
+// queue (the shim library exits as soon as its callbacks return, and
+// containerd calls Shutdown right after the Delete that queued TaskDelete).
+func newEvents(ctx context.Context, publisher cdshim.Publisher, sd shutdown.Service) *eventSink {
+	e := &eventSink{ch: make(chan any, 128), publisher: publisher, done: sd.Done()}
+	flush, flushed := make(chan struct{}), make(chan struct{})
+	go e.forward(context.WithoutCancel(ctx), flush, flushed)
+	sd.RegisterCallback(func(cctx context.Context) error {
+		close(flush)
+		select {
+		case <-flushed:
+		case <-cctx.Done():
+		}
+		return nil
+	})
+	return e
+}
+
+// send queues a task event (one of containerd's api/events types).
+func (e *eventSink) send(evt any) {
+	select {
+	case e.ch <- evt:
+	case <-e.done:
+	}
+}
+
+func (e *eventSink) forward(ctx context.Context, flush <-chan struct{}, flushed chan<- struct{}) {
+	defer close(flushed)
+	defer e.publisher.Close()
+	publish := func(evt any) {
+		if err := e.publisher.Publish(ctx, runtime.GetTopic(evt), evt); err != nil {
+			log.G(ctx).WithError(err).Error("publishing event")
+		}
+	}
+	for {
+		select {
+		case evt := <-e.ch:
+			publish(evt)
+		case <-flush:
+			for {
+				select {
+				case evt := <-e.ch:
+					publish(evt)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// gpu publishes a GPU fact on gpuTopic.
+func (e *eventSink) gpu(ctx context.Context, fact map[string]any) { e.publish(ctx, gpuTopic, fact) }
+
+// publish publishes v, as JSON, on a topic of the shim's own.
+func (e *eventSink) publish(ctx context.Context, topic string, v any) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return
+	}
+	if err := e.publisher.Publish(ctx, topic, wrapperspb.String(string(data))); err != nil {
+		log.G(ctx).WithError(err).WithField("topic", topic).Warn("publishing event")
+	}
+}
