@@ -4,6 +4,8 @@ package checkpoint
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -17,58 +19,101 @@ import (
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/testimage"
 )
 
-// nerdctl runs the pinned nerdctl against the test's daemon, namespace and snapshotter,
-// with a private data root and no host config file.
-func (e *env) nerdctl(dataRoot string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(e.Ctx, 2*time.Minute)
+// nerdctl is one test's nerdctl 2.2.2: the test's daemon, namespace and snapshotter,
+// and its own data root and CNI network config directory, all set in its own
+// nerdctl.toml (NERDCTL_TOML), so that nothing of the host's nerdctl config is read or
+// written. The CNI plugins are the pinned ones (hack/tools.sh).
+type nerdctl struct {
+	e        *env
+	bin      string
+	dataRoot string
+	toml     string
+}
+
+// newNerdctl writes the config of a new nerdctl for the test's daemon; it skips the
+// test when nerdctl is not built (it is optional in hack/tools.sh).
+func (e *env) newNerdctl() *nerdctl {
+	e.T.Helper()
+	if e.D.Tools.Nerdctl == "" {
+		e.T.Skip("nerdctl is not built (hack/tools.sh); it is optional")
+	}
+	dir := filepath.Join(e.D.Dir, harness.RandomID("nerdctl"))
+	n := &nerdctl{e: e, bin: e.D.Tools.Nerdctl, dataRoot: filepath.Join(dir, "data"), toml: filepath.Join(dir, "nerdctl.toml")}
+	conf := fmt.Sprintf(`address = %q
+namespace = %q
+snapshotter = %q
+data_root = %q
+cni_path = %q
+cni_netconfpath = %q
+cgroup_manager = "cgroupfs"
+`, e.D.Address, e.D.Namespace, e.D.Snapshotter, n.dataRoot, e.D.Tools.CNIBinDir, filepath.Join(dir, "cni"))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		e.T.Fatal(err)
+	}
+	if err := os.WriteFile(n.toml, []byte(conf), 0o644); err != nil {
+		e.T.Fatal(err)
+	}
+	return n
+}
+
+// run runs nerdctl with args and returns its combined output.
+func (n *nerdctl) run(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(n.e.Ctx, 2*time.Minute)
 	defer cancel()
-	full := append([]string{
-		"--address", e.D.Address, "--namespace", e.D.Namespace, "--snapshotter", e.D.Snapshotter,
-		"--data-root", dataRoot, "--cgroup-manager", "cgroupfs",
-	}, args...)
-	cmd := exec.CommandContext(ctx, e.D.Tools.Nerdctl, full...)
-	cmd.Env = append(cmd.Environ(), "NERDCTL_TOML="+filepath.Join(dataRoot, "nerdctl.toml"))
+	cmd := exec.CommandContext(ctx, n.bin, args...)
+	cmd.Env = append(cmd.Environ(), "NERDCTL_TOML="+n.toml)
 	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
 
-func (e *env) mustNerdctl(dataRoot string, args ...string) string {
-	e.T.Helper()
-	out, err := e.nerdctl(dataRoot, args...)
+func (n *nerdctl) must(args ...string) string {
+	n.e.T.Helper()
+	out, err := n.run(args...)
 	if err != nil {
-		e.T.Fatalf("nerdctl %s: %v\n%s", strings.Join(args, " "), err, out)
+		n.e.T.Fatalf("nerdctl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return out
 }
 
-// waitNerdctlCounts polls `nerdctl logs` until it shows at least n count lines and
-// returns the counts.
-func (e *env) waitNerdctlCounts(dataRoot, name string, n int) []int {
-	e.T.Helper()
+// runDetached runs `nerdctl run -d` with args and returns the container's ID
+// (nerdctl's container ID is containerd's).
+func (n *nerdctl) runDetached(args ...string) string {
+	n.e.T.Helper()
+	fields := strings.Fields(n.must(append([]string{"run", "-d"}, args...)...))
+	if len(fields) == 0 {
+		n.e.T.Fatal("nerdctl run -d printed no container ID")
+	}
+	return fields[len(fields)-1]
+}
+
+// waitCounts polls `nerdctl logs` until it shows at least k count lines and returns
+// the counts.
+func (n *nerdctl) waitCounts(name string, k int) []int {
+	n.e.T.Helper()
 	deadline := time.Now().Add(startTimeout)
 	for {
-		out := e.mustNerdctl(dataRoot, "logs", name)
+		out := n.must("logs", name)
 		lb := harness.NewLineBuffer()
 		_, _ = lb.Write([]byte(out))
-		if c := ckenv.Counts(lb.Lines()); len(c) >= n {
+		if c := ckenv.Counts(lb.Lines()); len(c) >= k {
 			return c
 		}
 		if time.Now().After(deadline) {
-			e.T.Fatalf("nerdctl logs %s shows fewer than %d counts:\n%s", name, n, out)
+			n.e.T.Fatalf("nerdctl logs %s shows fewer than %d counts:\n%s", name, k, out)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
 
-// waitNerdctlRestored polls `nerdctl logs` until the count drops (the restored
-// process continues from the checkpoint, behind where the original stopped) and three
+// waitRestored polls `nerdctl logs` until the count drops (the restored process
+// continues from the checkpoint, behind where the original stopped) and three
 // contiguous counts follow, and returns the counts from the drop on.
-func (e *env) waitNerdctlRestored(dataRoot, name string) []int {
-	e.T.Helper()
+func (n *nerdctl) waitRestored(name string) []int {
+	n.e.T.Helper()
 	deadline := time.Now().Add(startTimeout)
 	for {
-		c := e.waitNerdctlCounts(dataRoot, name, 0)
+		c := n.waitCounts(name, 0)
 		for i := 1; i < len(c); i++ {
 			if c[i] > c[i-1] {
 				continue
@@ -76,7 +121,7 @@ func (e *env) waitNerdctlRestored(dataRoot, name string) []int {
 			restored := c[i:]
 			for j := 1; j < len(restored); j++ {
 				if restored[j] != restored[j-1]+1 {
-					e.T.Fatalf("counts after the restore are not contiguous: %v", restored)
+					n.e.T.Fatalf("counts after the restore are not contiguous: %v", restored)
 				}
 			}
 			if len(restored) >= 3 {
@@ -85,7 +130,7 @@ func (e *env) waitNerdctlRestored(dataRoot, name string) []int {
 			break
 		}
 		if time.Now().After(deadline) {
-			e.T.Fatalf("nerdctl logs %s shows no restored counts: %v", name, c)
+			n.e.T.Fatalf("nerdctl logs %s shows no restored counts: %v", name, c)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -105,40 +150,32 @@ func (e *env) waitNerdctlRestored(dataRoot, name string) []int {
 //   - `nerdctl checkpoint rm` removes it.
 func TestNerdctlCheckpointCreateListRemoveStart(t *testing.T) {
 	e := setup(t, harness.Options{})
-	if e.D.Tools.Nerdctl == "" {
-		t.Skip("nerdctl is not built (hack/tools.sh); it is optional")
-	}
-	dataRoot := filepath.Join(e.D.Dir, "nerdctl")
+	n := e.newNerdctl()
 	name := harness.RandomID("nerdctl")
-	out := e.mustNerdctl(dataRoot, append([]string{"run", "-d", "--name", name, "--network", "none",
+	id := n.runDetached(append([]string{"--name", name, "--network", "none",
 		"--runtime", e.D.RuntimeName, testimage.Ref}, counterArgs...)...)
-	fields := strings.Fields(out)
-	if len(fields) == 0 {
-		t.Fatal("nerdctl run -d printed no container ID")
-	}
-	id := fields[len(fields)-1] // nerdctl's container ID is containerd's
-	before := e.waitNerdctlCounts(dataRoot, name, 3)
+	before := n.waitCounts(name, 3)
 	lo := before[len(before)-1]
 
-	if out := e.mustNerdctl(dataRoot, "checkpoint", "create", name, "ck1"); strings.TrimSpace(out) != "ck1" {
+	if out := n.must("checkpoint", "create", name, "ck1"); strings.TrimSpace(out) != "ck1" {
 		t.Errorf("nerdctl checkpoint create printed %q", out)
 	}
-	after := e.waitNerdctlCounts(dataRoot, name, 0)
+	after := n.waitCounts(name, 0)
 	if st := e.taskStatus(id); st != containerd.Running {
 		t.Fatalf("container is %s after nerdctl checkpoint create, want running (no options = leave running)", st)
 	}
-	e.waitNerdctlCounts(dataRoot, name, len(after)+2)
-	dir := filepath.Join(dataRoot, "checkpoints", "ck1")
+	n.waitCounts(name, len(after)+2)
+	dir := filepath.Join(n.dataRoot, "checkpoints", "ck1")
 	checkFlatDir(t, dir)
-	if out := e.mustNerdctl(dataRoot, "checkpoint", "ls", name); !strings.Contains(out, "ck1") {
+	if out := n.must("checkpoint", "ls", name); !strings.Contains(out, "ck1") {
 		t.Fatalf("nerdctl checkpoint ls does not list ck1:\n%s", out)
 	}
 
-	e.mustNerdctl(dataRoot, "stop", name)
-	e.mustNerdctl(dataRoot, "start", "--checkpoint", "ck1", name)
+	n.must("stop", name)
+	n.must("start", "--checkpoint", "ck1", name)
 	// The log holds the original's counts, which went on past the checkpoint, then
 	// the restored process's: the restore point is where the count drops.
-	restored := e.waitNerdctlRestored(dataRoot, name)
+	restored := n.waitRestored(name)
 	if restored[0] < lo {
 		t.Fatalf("restored counter started at %d; the checkpoint was taken after count=%d (a restarted process starts at 0)", restored[0], lo)
 	}
@@ -147,13 +184,13 @@ func TestNerdctlCheckpointCreateListRemoveStart(t *testing.T) {
 		t.Fatalf("container is %s after nerdctl start --checkpoint, want running", st)
 	}
 
-	e.mustNerdctl(dataRoot, "checkpoint", "rm", name, "ck1")
+	n.must("checkpoint", "rm", name, "ck1")
 	if names := ckenv.DirNames(t, dir); names != nil {
 		t.Fatalf("nerdctl checkpoint rm left %v", names)
 	}
-	if out := e.mustNerdctl(dataRoot, "checkpoint", "ls", name); strings.Contains(out, "ck1") {
+	if out := n.must("checkpoint", "ls", name); strings.Contains(out, "ck1") {
 		t.Fatalf("nerdctl checkpoint ls still lists ck1:\n%s", out)
 	}
-	e.mustNerdctl(dataRoot, "rm", "-f", name)
+	n.must("rm", "-f", name)
 	e.CheckNoTrace(id)
 }
