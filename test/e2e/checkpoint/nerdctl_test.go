@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -87,6 +88,14 @@ func (n *nerdctl) runDetached(args ...string) string {
 	return fields[len(fields)-1]
 }
 
+// runCounter runs the counter under the shim (`--runtime io.containerd.runsc-cuda.v1`,
+// no runtime options: the shim reads $RUNSC_CUDA_CONFIG) without a network, and
+// returns the container's ID.
+func (n *nerdctl) runCounter(name string) string {
+	n.e.T.Helper()
+	return n.runDetached(append([]string{"--name", name, "--network", "none", "--runtime", n.e.D.RuntimeName, testimage.Ref}, counterArgs...)...)
+}
+
 // waitCounts polls `nerdctl logs` until it shows at least k count lines and returns
 // the counts.
 func (n *nerdctl) waitCounts(name string, k int) []int {
@@ -106,15 +115,45 @@ func (n *nerdctl) waitCounts(name string, k int) []int {
 	}
 }
 
-// waitRestored polls `nerdctl logs` until the count drops (the restored process
-// continues from the checkpoint, behind where the original stopped) and three
-// contiguous counts follow, and returns the counts from the drop on.
-func (n *nerdctl) waitRestored(name string) []int {
+// settledCounts polls `nerdctl logs` of a stopped container until it shows the same
+// counts twice, 300 ms apart (nerdctl's logging process may still be writing the last
+// lines), and returns them.
+func (n *nerdctl) settledCounts(name string) []int {
+	n.e.T.Helper()
+	prev := n.waitCounts(name, 0)
+	for {
+		time.Sleep(300 * time.Millisecond)
+		c := n.waitCounts(name, 0)
+		if slices.Equal(c, prev) {
+			return c
+		}
+		prev = c
+	}
+}
+
+// waitCountsFrom polls `nerdctl logs` until at least three counts follow the first
+// from ones, and returns those that follow, failing unless they are contiguous.
+func (n *nerdctl) waitCountsFrom(name string, from int) []int {
+	n.e.T.Helper()
+	c := n.waitCounts(name, from+3)[from:]
+	for j := 1; j < len(c); j++ {
+		if c[j] != c[j-1]+1 {
+			n.e.T.Fatalf("counts after the restore are not contiguous: %v", c)
+		}
+	}
+	return c
+}
+
+// waitRestored polls `nerdctl logs` until, at or after the from-th count, the count
+// drops (the process restored from a checkpoint continues behind where the last one
+// stopped) and three contiguous counts follow, and returns the counts from the drop
+// on.
+func (n *nerdctl) waitRestored(name string, from int) []int {
 	n.e.T.Helper()
 	deadline := time.Now().Add(startTimeout)
 	for {
 		c := n.waitCounts(name, 0)
-		for i := 1; i < len(c); i++ {
+		for i := max(from, 1); i < len(c); i++ {
 			if c[i] > c[i-1] {
 				continue
 			}
@@ -152,8 +191,7 @@ func TestNerdctlCheckpointCreateListRemoveStart(t *testing.T) {
 	e := setup(t, harness.Options{})
 	n := e.newNerdctl()
 	name := harness.RandomID("nerdctl")
-	id := n.runDetached(append([]string{"--name", name, "--network", "none",
-		"--runtime", e.D.RuntimeName, testimage.Ref}, counterArgs...)...)
+	id := n.runCounter(name)
 	before := n.waitCounts(name, 3)
 	lo := before[len(before)-1]
 
@@ -175,7 +213,7 @@ func TestNerdctlCheckpointCreateListRemoveStart(t *testing.T) {
 	n.must("start", "--checkpoint", "ck1", name)
 	// The log holds the original's counts, which went on past the checkpoint, then
 	// the restored process's: the restore point is where the count drops.
-	restored := n.waitRestored(name)
+	restored := n.waitRestored(name, 0)
 	if restored[0] < lo {
 		t.Fatalf("restored counter started at %d; the checkpoint was taken after count=%d (a restarted process starts at 0)", restored[0], lo)
 	}
@@ -191,6 +229,64 @@ func TestNerdctlCheckpointCreateListRemoveStart(t *testing.T) {
 	if out := n.must("checkpoint", "ls", name); strings.Contains(out, "ck1") {
 		t.Fatalf("nerdctl checkpoint ls still lists ck1:\n%s", out)
 	}
+	n.must("rm", "-f", name)
+	e.CheckNoTrace(id)
+}
+
+// TestCompatNerdctlRestoreFromCheckpointDir restores checkpoint directories with
+// nerdctl, the standard tool that can (docs/checkpoint-restore.md, "Restore from a
+// directory"): `nerdctl start --checkpoint NAME --checkpoint-dir DIR` reads DIR/NAME,
+// packs it into containerd's content store and restores through
+// CreateTaskRequest.Checkpoint (nerdctl pkg/taskutil/taskutil.go), so any flat
+// directory with runsc-cuda.json restores, whoever wrote it:
+//   - one that `ctr task checkpoint --exit --image-path DIR/ck1` wrote (the fast
+//     checkpoint: the shim writes the directory, containerd copies nothing): the counter
+//     continues where the exit checkpoint stopped it;
+//   - the same directory again, after `nerdctl stop`: a restore reads it and leaves it
+//     as it was, so it restores as often as needed;
+//   - one that `nerdctl checkpoint create --checkpoint-dir DIR` wrote (the container
+//     keeps running).
+func TestCompatNerdctlRestoreFromCheckpointDir(t *testing.T) {
+	e := setup(t, harness.Options{})
+	n := e.newNerdctl()
+	name := harness.RandomID("fromdir")
+	id := n.runCounter(name)
+	lo := slices.Max(n.waitCounts(name, 3))
+	dir := e.ImagePathDir("nerdctl")
+	e.ctr("task", "checkpoint", "--exit", "--image-path", filepath.Join(dir, "ck1"), id)
+	waitStopped(e, id)
+	meta := checkFlatDir(t, filepath.Join(dir, "ck1"))
+	before := n.settledCounts(name)
+	hi := before[len(before)-1]
+
+	n.must("start", "--checkpoint", "ck1", "--checkpoint-dir", dir, name)
+	restored := n.waitCountsFrom(name, len(before))
+	checkRange(t, restored[0], lo, hi)
+	if st := e.taskStatus(id); st != containerd.Running {
+		t.Fatalf("container is %s after nerdctl start --checkpoint, want running", st)
+	}
+
+	n.must("stop", name)
+	stopped := len(n.settledCounts(name))
+	n.must("start", "--checkpoint", "ck1", "--checkpoint-dir", dir, name)
+	again := n.waitRestored(name, stopped)
+	checkRange(t, again[0], lo, hi)
+	if after := checkFlatDir(t, filepath.Join(dir, "ck1")); !slices.Equal(after.Files, meta.Files) {
+		t.Fatalf("the restores changed the directory: files %+v, before %+v", after.Files, meta.Files)
+	}
+
+	lo2 := slices.Max(n.waitCounts(name, 0))
+	if out := n.must("checkpoint", "create", "--checkpoint-dir", dir, name, "ck2"); strings.TrimSpace(out) != "ck2" {
+		t.Errorf("nerdctl checkpoint create printed %q", out)
+	}
+	checkFlatDir(t, filepath.Join(dir, "ck2"))
+	hi2 := slices.Max(n.waitCounts(name, 0))
+	n.must("stop", name)
+	stopped = len(n.settledCounts(name))
+	n.must("start", "--checkpoint", "ck2", "--checkpoint-dir", dir, name)
+	third := n.waitRestored(name, stopped)
+	checkRange(t, third[0], lo2, hi2)
+
 	n.must("rm", "-f", name)
 	e.CheckNoTrace(id)
 }
