@@ -92,36 +92,16 @@ func docBlocks(t *testing.T, path string) []docBlock {
 	return blocks
 }
 
-// claimDocsHostDir takes the host lock for docsHostDir and makes sure it does not
-// exist (removing it when a test that died left it, as its record says) and is
-// removed when the test ends.
+// claimDocsHostDir makes sure docsHostDir does not exist and removes it when the test
+// ends, holding its host lock (claimHost).
 func claimDocsHostDir(t *testing.T) {
 	t.Helper()
-	lockHost(t, "docs")
-	base, err := harness.BaseDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	record := filepath.Join(base, "docs.dir")
-	if _, err := os.Stat(record); err == nil {
-		t.Logf("%s is left by a test that died: removing %s", record, docsHostDir)
-		if err := os.RemoveAll(docsHostDir); err != nil {
-			t.Fatal(err)
+	claimHost(t, "docs", func() (string, error) {
+		if _, err := os.Lstat(docsHostDir); err == nil {
+			return "", fmt.Errorf("%s exists on this host and is not the test's; the documentation's commands write there: move it away or run elsewhere", docsHostDir)
 		}
-	}
-	if _, err := os.Lstat(docsHostDir); err == nil {
-		t.Fatalf("%s exists on this host and is not the test's; the documentation's commands write there: move it away or run elsewhere", docsHostDir)
-	}
-	if err := os.WriteFile(record, []byte(docsHostDir+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := os.RemoveAll(docsHostDir); err != nil {
-			t.Errorf("cleanup: %v", err)
-			return
-		}
-		_ = os.Remove(record)
-	})
+		return docsHostDir, nil
+	}, os.RemoveAll)
 }
 
 // docsHost is one daemon the documentation's commands run against, with `ctr` and

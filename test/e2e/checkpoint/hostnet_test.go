@@ -84,56 +84,70 @@ type hostNetState struct {
 	IPForward string
 }
 
-// useDefaultNetwork lets the test use nerdctl's default network: it takes the host lock
-// for it (one such test at a time on the host: the bridge's name is fixed and the
-// iptables chains are shared, so nothing else can be restored while another test uses
-// them) and records the host's state, and when the test ends, after the test's daemon
-// is gone (so call it before setup), puts the host back as it was: nerdctl0, CNI
-// chains and rules, leases and cache entries and ip_forward. The recorded state is kept
-// in a file while the test runs, so a test binary that died without restoring is
-// cleaned up after by the next one.
-func useDefaultNetwork(t *testing.T) {
+// claimHost takes the host lock name for the test and, while the test runs, keeps a
+// record of what it must put back, in a file under the e2e base directory: take checks
+// the host and returns the record, undo puts the host back as a record says, when the
+// test ends (run this before setup, so that it happens after the test's daemon is
+// gone). A record left by a test binary that died is undone first.
+func claimHost[S any](t *testing.T, name string, take func() (S, error), undo func(S) error) {
 	t.Helper()
-	lockHost(t, "nerdctl-bridge")
+	lockHost(t, name)
 	base, err := harness.BaseDir()
 	if err != nil {
 		t.Fatal(err)
 	}
-	statePath := filepath.Join(base, "nerdctl-bridge.state")
-	if raw, err := os.ReadFile(statePath); err == nil {
-		var old hostNetState
+	record := filepath.Join(base, name+".record")
+	if raw, err := os.ReadFile(record); err == nil {
+		var old S
 		if err := json.Unmarshal(raw, &old); err != nil {
-			t.Fatalf("%s: %v", statePath, err)
+			t.Fatalf("%s: %v", record, err)
 		}
-		t.Logf("%s is left by a test that died: restoring the host network it recorded", statePath)
-		if err := restoreHostNet(old); err != nil {
+		t.Logf("%s is left by a test that died: putting the host back as it says", record)
+		if err := undo(old); err != nil {
 			t.Fatal(err)
 		}
 	}
-	before, err := snapshotHostNet()
+	s, err := take()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if before.Bridge {
-		t.Fatalf("this host already has the bridge %s of nerdctl's default network (a nerdctl outside the tests?); the test would share it: remove it (ip link del %s) or run elsewhere", nerdctlBridge, nerdctlBridge)
-	}
-	raw, err := json.Marshal(before)
+	raw, err := json.Marshal(s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(statePath, raw, 0o644); err != nil {
+	if err := os.WriteFile(record, raw, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := restoreHostNet(before); err != nil {
-			t.Errorf("restoring the host network: %v", err)
+		if err := undo(s); err != nil {
+			t.Errorf("cleanup: %v", err)
 			return
 		}
-		if after, err := snapshotHostNet(); err != nil || !reflect.DeepEqual(after, before) {
-			t.Errorf("the host network after the cleanup differs from before the test (err %v):\nbefore %+v\nafter  %+v", err, before, after)
-			return
+		_ = os.Remove(record)
+	})
+}
+
+// useDefaultNetwork lets the test use nerdctl's default network: one such test at a
+// time on the host (the bridge's name is fixed and the iptables chains are shared, so
+// nothing could be put back while another test uses them), and the host's nerdctl0,
+// CNI chains and rules, leases, cache entries and ip_forward as they were before, when
+// it ends (claimHost).
+func useDefaultNetwork(t *testing.T) {
+	t.Helper()
+	claimHost(t, "nerdctl-bridge", func() (hostNetState, error) {
+		s, err := snapshotHostNet()
+		if err == nil && s.Bridge {
+			err = fmt.Errorf("this host already has the bridge %s of nerdctl's default network (a nerdctl outside the tests?); the test would share it: remove it (ip link del %s) or run elsewhere", nerdctlBridge, nerdctlBridge)
 		}
-		_ = os.Remove(statePath)
+		return s, err
+	}, func(s hostNetState) error {
+		if err := restoreHostNet(s); err != nil {
+			return fmt.Errorf("restoring the host network: %w", err)
+		}
+		if after, err := snapshotHostNet(); err != nil || !reflect.DeepEqual(after, s) {
+			return fmt.Errorf("the host network after the cleanup differs from before the test (err %v):\nbefore %+v\nafter  %+v", err, s, after)
+		}
+		return nil
 	})
 }
 
