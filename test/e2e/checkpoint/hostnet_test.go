@@ -65,7 +65,7 @@ func lockHost(t *testing.T, name string) {
 //     tables (masquerading, CNI-FORWARD, CNI-ISOLATION-STAGE-*, CNI-HOSTPORT-*), which
 //     every such network shares;
 //   - host-local's leases in /var/lib/cni/networks/bridge and libcni's result cache
-//     /var/lib/cni/results/bridge-*;
+//     /var/lib/cni/results/bridge-* (the directories above them are the CRI's too);
 //   - net.ipv4.ip_forward, which the bridge plugin turns on.
 const (
 	nerdctlBridge  = "nerdctl0"
@@ -80,8 +80,16 @@ var iptablesTables = []string{"filter", "nat"}
 type hostNetState struct {
 	Bridge    bool                // nerdctl0 exists
 	IPTables  map[string][]string // table: its CNI chains (":NAME") and rules mentioning CNI- ("-A ...")
-	CNIPaths  []string            // what exists of /var/lib/cni, its networks/bridge and results/bridge-*
+	CNIPaths  []string            // networks/bridge and results/bridge-* under /var/lib/cni
+	CNIDirs   []string            // which of /var/lib/cni and its networks and results exist
 	IPForward string
+}
+
+// unshared returns s without CNIDirs: the CRI's CNI plugins (of other tests, under no lock)
+// use those directories too and may fill one that the test created meanwhile.
+func (s hostNetState) unshared() hostNetState {
+	s.CNIDirs = nil
+	return s
 }
 
 // claimHost takes the host lock name for the test and, while the test runs, keeps a
@@ -144,7 +152,7 @@ func useDefaultNetwork(t *testing.T) {
 		if err := restoreHostNet(s); err != nil {
 			return fmt.Errorf("restoring the host network: %w", err)
 		}
-		if after, err := snapshotHostNet(); err != nil || !reflect.DeepEqual(after, s) {
+		if after, err := snapshotHostNet(); err != nil || !reflect.DeepEqual(after.unshared(), s.unshared()) {
 			return fmt.Errorf("the host network after the cleanup differs from before the test (err %v):\nbefore %+v\nafter  %+v", err, s, after)
 		}
 		return nil
@@ -163,7 +171,7 @@ func snapshotHostNet() (hostNetState, error) {
 		}
 		s.IPTables[table] = lines
 	}
-	s.CNIPaths = cniPaths()
+	s.CNIPaths, s.CNIDirs = cniPaths()
 	raw, err := os.ReadFile(ipForwardPath)
 	if err != nil {
 		return s, err
@@ -188,17 +196,19 @@ func cniIPTables(table string) ([]string, error) {
 	return lines, nil
 }
 
-// cniPaths lists what exists of /var/lib/cni, its networks and results directories,
-// networks/bridge and results/bridge-*.
-func cniPaths() []string {
-	var paths []string
-	for _, p := range []string{cniStateDir, cniStateDir + "/networks", cniStateDir + "/results", bridgeLeaseDir} {
+// cniPaths lists what exists of networks/bridge and results/bridge-* under
+// /var/lib/cni, and of /var/lib/cni and its networks and results directories.
+func cniPaths() (paths, dirs []string) {
+	for _, p := range []string{cniStateDir, cniStateDir + "/networks", cniStateDir + "/results"} {
 		if _, err := os.Lstat(p); err == nil {
-			paths = append(paths, p)
+			dirs = append(dirs, p)
 		}
 	}
+	if _, err := os.Lstat(bridgeLeaseDir); err == nil {
+		paths = append(paths, bridgeLeaseDir)
+	}
 	results, _ := filepath.Glob(cniStateDir + "/results/bridge-*")
-	return append(paths, results...)
+	return append(paths, results...), dirs
 }
 
 // restoreHostNet removes what nerdctl's default network added since s was taken.
@@ -214,21 +224,22 @@ func restoreHostNet(s hostNetState) error {
 			errs = append(errs, err)
 		}
 	}
-	// Deepest first; directories that existed before are kept, and directories other
-	// tests may have filled meanwhile (the CRI's results) only go when empty.
-	now := cniPaths()
-	slices.SortFunc(now, func(a, b string) int { return len(b) - len(a) })
-	for _, p := range now {
-		if slices.Contains(s.CNIPaths, p) {
+	paths, dirs := cniPaths()
+	for _, p := range paths {
+		if !slices.Contains(s.CNIPaths, p) {
+			if err := os.RemoveAll(p); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	// The directories the test created, deepest first, unless other tests have filled
+	// them meanwhile.
+	slices.Reverse(dirs)
+	for _, d := range dirs {
+		if slices.Contains(s.CNIDirs, d) {
 			continue
 		}
-		var err error
-		if p == bridgeLeaseDir || strings.HasPrefix(filepath.Base(p), "bridge-") {
-			err = os.RemoveAll(p)
-		} else if err = os.Remove(p); errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, unix.EEXIST) {
-			err = nil
-		}
-		if err != nil {
+		if err := os.Remove(d); err != nil && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EEXIST) && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
 	}
