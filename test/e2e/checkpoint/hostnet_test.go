@@ -142,6 +142,18 @@ func claimHost[S any](t *testing.T, name string, take func() (S, error), undo fu
 // it ends (claimHost).
 func useDefaultNetwork(t *testing.T) {
 	t.Helper()
+	tools, err := harness.Tools()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"bridge", "host-local", "portmap", "firewall", "tuning"} {
+		if _, err := os.Stat(filepath.Join(tools.CNIBinDir, p)); err != nil {
+			t.Fatalf("nerdctl's default network needs the CNI plugin %s: %v; run `make tools` (hack/tools.sh)", p, err)
+		}
+	}
+	if _, err := os.Stat(sbin("iptables")); err != nil {
+		t.Fatalf("nerdctl's default network needs iptables: %v; run `make tools` (hack/tools.sh installs Debian's iptables)", err)
+	}
 	claimHost(t, "nerdctl-bridge", func() (hostNetState, error) {
 		s, err := snapshotHostNet()
 		if err == nil && s.Bridge {
