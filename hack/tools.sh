@@ -29,9 +29,15 @@ RUNSC_VERSION=0.0.0-20260905035102-160fafc42237
 CRICTL_VERSION=1.37.0
 NERDCTL_VERSION=2.2.2 # newest nerdctl whose source the Go module proxy serves
 CNI_PLUGINS_VERSION=1.9.1
-CNI_PLUGINS=(main/loopback main/bridge main/ptp ipam/host-local meta/portmap)
-APT_PACKAGES=(busybox-static criu) # busybox for the test image; criu because containerd 2.4's
-# CRI refuses CheckpointContainer unless criu is on PATH (it never runs it for runsc).
+# loopback, ptp and host-local for the CRI's pod networks; bridge, portmap, firewall, tuning
+# and host-local for nerdctl's default network "bridge" (nerdctl pkg/netutil/netutil_unix.go
+# generates bridge+portmap+firewall+tuning, and `nerdctl run` fails without any of them).
+CNI_PLUGINS=(main/loopback main/bridge main/ptp ipam/host-local meta/portmap meta/firewall meta/tuning)
+# busybox for the test image; criu because containerd 2.4's CRI refuses CheckpointContainer
+# unless criu is on PATH (it never runs it for runsc); iptables for the bridge (ipMasq),
+# portmap and firewall plugins of nerdctl's default network, which run the iptables command
+# (Debian's default, iptables-nft; iptables-legacy works too).
+APT_PACKAGES=(busybox-static criu iptables)
 
 TOOLS_DIR=${RCUDA_TOOLS:-/var/lib/rcuda-tools}
 case "$TOOLS_DIR" in
@@ -65,7 +71,9 @@ tool_table() {
 		pkgs+="plugins/$p "
 		bins+="${p##*/} "
 	done
-	echo "cni-plugins|v$CNI_PLUGINS_VERSION|0|0|install|github.com/containernetworking/plugins||${pkgs% }|${bins% }"
+	# Named "cni", not "cni-plugins": checkouts that build the older plugin list into
+	# cni-plugins-<version> share the cache, and a stamp that differs is rebuilt.
+	echo "cni|v$CNI_PLUGINS_VERSION|0|0|install|github.com/containernetworking/plugins||${pkgs% }|${bins% }"
 }
 
 # prepare_nerdctl runs in the copied nerdctl module. The module zip lacks mod/tigron (a
@@ -96,7 +104,7 @@ print_env() {
 	emit RCUDA_RUNSC_VERSION "$RUNSC_VERSION"
 	emit RCUDA_CRICTL "$(tool_dir crictl "v$CRICTL_VERSION")/bin/crictl"
 	emit RCUDA_NERDCTL "$(tool_dir nerdctl "v$NERDCTL_VERSION")/bin/nerdctl"
-	emit RCUDA_CNI_BIN_DIR "$(tool_dir cni-plugins "v$CNI_PLUGINS_VERSION")/bin"
+	emit RCUDA_CNI_BIN_DIR "$(tool_dir cni "v$CNI_PLUGINS_VERSION")/bin"
 	emit RCUDA_BUSYBOX "$(command -v busybox 2>/dev/null || echo /bin/busybox)"
 	emit RCUDA_CRIU "$(PATH=$PATH:/usr/sbin:/sbin command -v criu 2>/dev/null || echo /usr/sbin/criu)"
 }
@@ -205,7 +213,7 @@ report() {
 			printf '%-26s %-42s %s\n' "$b" "$name $version" "$state"
 		done
 	done < <(tool_table)
-	for b in busybox criu; do
+	for b in busybox criu iptables; do
 		state=$(PATH=$PATH:/usr/sbin:/sbin command -v "$b" 2>/dev/null || echo MISSING)
 		printf '%-26s %-42s %s\n' "$b" "apt" "$state"
 	done

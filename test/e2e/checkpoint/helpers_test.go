@@ -49,9 +49,14 @@ type env struct{ *ckenv.Env }
 // proc is a task with its output and exit channel.
 type proc = ckenv.Proc
 
-// setup starts a private containerd with the shim and imports the test image.
+// setup starts a private containerd with the shim and imports the test image. The
+// daemon's temporary directory is the test's own: containerd unpacks every checkpoint
+// it restores from its content store into $XDG_RUNTIME_DIR or $TMPDIR
+// (ctrd-checkpoint*, a full copy of the image) and never removes it.
 func setup(t *testing.T, opts harness.Options) *env {
 	t.Helper()
+	t.Setenv("XDG_RUNTIME_DIR", "")
+	t.Setenv("TMPDIR", t.TempDir())
 	return &env{ckenv.Setup(t, opts, testTimeout)}
 }
 
