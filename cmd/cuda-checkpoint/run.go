@@ -58,7 +58,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, op
 	err = execute(drv, o, cfg, stdout)
 	if err != nil {
 		fmt.Fprintf(stderr, "cuda-checkpoint: %v\n", err)
-		if h := hint(err, o.pid); h != "" {
+		if h := hint(err, o.pid, driverVersion(drv)); h != "" {
 			fmt.Fprintf(stderr, "cuda-checkpoint: hint: %s\n", h)
 		}
 	}
@@ -190,11 +190,11 @@ func toggle(d driver.Driver, pid int, c config) error {
 		}
 		if err := d.Checkpoint(pid); err != nil {
 			if uerr := d.Unlock(pid); uerr != nil {
-				return fmt.Errorf("error toggling CUDA in process ID %d: checkpoint failed: %w; rollback (unlock) failed too: %v%s",
-					pid, err, uerr, stateNote(d, pid))
+				return &stepError{step: actionCheckpoint, err: fmt.Errorf("error toggling CUDA in process ID %d: checkpoint failed: %w; rollback (unlock) failed too: %v%s",
+					pid, err, uerr, stateNote(d, pid))}
 			}
-			return fmt.Errorf("error toggling CUDA in process ID %d: checkpoint failed: %w; rolled back: unlocked again%s",
-				pid, err, stateNote(d, pid))
+			return &stepError{step: actionCheckpoint, rolledBack: true, err: fmt.Errorf("error toggling CUDA in process ID %d: checkpoint failed: %w; rolled back: unlocked again%s",
+				pid, err, stateNote(d, pid))}
 		}
 		return nil
 	case driver.StateCheckpointed:
@@ -206,7 +206,7 @@ func toggle(d driver.Driver, pid int, c config) error {
 			err = d.Restore(pid, nil)
 		}
 		if err != nil {
-			return fmt.Errorf("error toggling CUDA in process ID %d: restore failed: %w%s", pid, err, stateNote(d, pid))
+			return &stepError{step: actionRestore, err: fmt.Errorf("error toggling CUDA in process ID %d: restore failed: %w%s", pid, err, stateNote(d, pid))}
 		}
 		if err := d.Unlock(pid); err != nil {
 			return fmt.Errorf("error toggling CUDA in process ID %d: restored, but unlock failed: %w%s; retry with --action unlock",
@@ -219,6 +219,17 @@ func toggle(d driver.Driver, pid int, c config) error {
 		return &stateError{fmt.Sprintf("cannot toggle CUDA in process ID %d: its CUDA state is %s", pid, s)}
 	}
 }
+
+// stepError is a toggle that failed in one of its steps.
+type stepError struct {
+	step string
+	// rolledBack is set when the process was left running again.
+	rolledBack bool
+	err        error
+}
+
+func (e *stepError) Error() string { return e.err.Error() }
+func (e *stepError) Unwrap() error { return e.err }
 
 // stateError is a process in a state the operation cannot start from.
 type stateError struct{ msg string }
@@ -254,8 +265,24 @@ func exitCode(err error) int {
 	return exitFailure
 }
 
-// hint says what to do about common driver errors.
-func hint(err error, pid int) string {
+// hint says what a failure means and what to do about it; drv, when
+// known, is the driver's version ("" when unknown).
+func hint(err error, pid int, drv string) string {
+	var se *stepError
+	if errors.As(err, &se) {
+		switch {
+		case se.step == actionRestore && isCode(err, driver.ErrorOutOfMemory):
+			return fmt.Sprintf("the GPUs have not enough free memory for the CUDA state of process ID %d (other processes hold it); free GPU memory and retry", pid)
+		case se.step == actionRestore:
+			return fmt.Sprintf("the CUDA state of process ID %d could not be put back onto the GPUs. A process that imported another process's device memory through CUDA IPC (cudaIpcOpenMemHandle; PyTorch's torch.multiprocessing passing CUDA tensors) cannot be restored by this NVIDIA driver (%s): NVIDIA supports checkpoints of CUDA IPC from driver r610. For a restore with a device map, check that each new UUID names a GPU of this host", pid, orUnknown(drv))
+		case se.step == actionCheckpoint && isCode(err, driver.ErrorNotSupported):
+			what := "the process keeps its CUDA state"
+			if se.rolledBack {
+				what = "the toggle was rolled back and the process keeps running"
+			}
+			return fmt.Sprintf("this NVIDIA driver (%s) cannot checkpoint what process ID %d uses: CUDA managed memory (cudaMallocManaged, unified memory) is not supported by the driver's checkpoint API, nor CUDA IPC memory before r610; %s", orUnknown(drv), pid, what)
+		}
+	}
 	code, ok := driver.ResultOf(err)
 	if !ok {
 		return ""
@@ -270,11 +297,33 @@ func hint(err error, pid int) string {
 	case driver.ErrorNotPermitted:
 		return "run as root (or as the process's user); on some hosts the GPUs need persistence mode (nvidia-smi -pm 1)"
 	case driver.ErrorNotSupported:
-		return "the driver cannot checkpoint this process (for example it uses managed (UVM) memory or CUDA IPC)"
+		return "the driver cannot checkpoint this process (for example it uses managed (unified) memory, or CUDA IPC before driver r610)"
 	case driver.ErrorTimeout:
 		return "the lock timed out (--timeout, " + envLockTimeout + "); the process keeps running"
 	}
 	return ""
+}
+
+func isCode(err error, code driver.Result) bool {
+	c, ok := driver.ResultOf(err)
+	return ok && c == code
+}
+
+func orUnknown(v string) string {
+	if v == "" {
+		return "version unknown"
+	}
+	return v
+}
+
+// driverVersion names the driver's CUDA version for hints ("CUDA 13.0"),
+// "" when unknown.
+func driverVersion(d driver.Driver) string {
+	v, err := d.Version()
+	if err != nil || v <= 0 {
+		return ""
+	}
+	return "CUDA " + driver.FormatDriverVersion(v)
 }
 
 // printVersion prints the tool's and the driver's versions.

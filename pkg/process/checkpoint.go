@@ -117,6 +117,9 @@ func (s *Saved) Commit(ctx context.Context) error {
 				}
 			}
 		}
+		if err != nil {
+			p.reason = "the checkpoint stopped the container: resuming it after the save failed: " + err.Error()
+		}
 		p.mu.Unlock()
 		if err != nil {
 			p.stop(ctx)

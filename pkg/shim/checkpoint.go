@@ -105,7 +105,10 @@ func (c *container) checkpoint(ctx context.Context, req checkpointRequest, pod *
 		Direct:                    cfg.Direct,
 		ExcludeCommittedZeroPages: cfg.ExcludeCommittedZeroPages,
 	}
-	gpu := c.gpu.checkpointing(ctx, c.init.Pid(), &opts)
+	gpu, err := c.gpu.checkpointing(ctx, c.init.Pid(), c.spec, &opts)
+	if err != nil {
+		return err
+	}
 	log.G(ctx).WithField("id", c.id).WithField("args", opts.Args(c.id)).Info("checkpointing")
 	t0 := time.Now()
 	// A GPU container's CUDA state comes back onto the GPUs only when its

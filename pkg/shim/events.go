@@ -15,6 +15,12 @@ import (
 // events` shows it).
 const gpuTopic = "/runsc-cuda/gpu"
 
+// exitTopic is the shim's own event topic for exits that were not the
+// container's own doing (a restore that failed after the container started,
+// a checkpoint that had to stop it), with the reason: TaskExit has none.
+// `ctr events` shows it.
+const exitTopic = "/runsc-cuda/exit"
+
 // eventSink publishes the shim's events to containerd in the order they were
 // sent, from one goroutine, and delivers those still queued when the shim
 // shuts down.

@@ -19,10 +19,6 @@ import (
 // container's execGrace.
 const execExitTimeout = 3 * time.Second
 
-// restoreTopic is the shim's own event topic for restores that failed after
-// the container started (`ctr events` shows it): TaskExit has no reason.
-const restoreTopic = "/runsc-cuda/restore"
-
 // Exits. A process reports its exit (process.Exited); the container records
 // it and publishes it, once: whoever records an exit first publishes it. An
 // exec's exit is recorded, published, and only then counted off, and init's
@@ -80,7 +76,7 @@ func (c *container) initExited(ctx context.Context, ev *eventSink, p *process.In
 	}
 	if reason != "" {
 		log.G(ctx).WithField("id", c.id).WithField("status", status).Error(reason)
-		ev.publish(ctx, restoreTopic, map[string]any{"container_id": c.id, "exit_status": status, "reason": reason})
+		ev.publish(ctx, exitTopic, map[string]any{"container_id": c.id, "exit_status": status, "reason": reason})
 	}
 	publishExit(ev, c.id, p, p.ExitStatus())
 }

@@ -41,8 +41,10 @@ const (
 // which does nothing.
 type gpuHook interface {
 	// checkpointing prepares a checkpoint of the sandbox of pid: runsc's
-	// CUDA toggle options, and a look at the sandbox's GPU memory.
-	checkpointing(ctx context.Context, pid int, o *runsc.CheckpointOpts) gpuCheckpoint
+	// CUDA toggle options, and a look at the sandbox's GPU memory. It
+	// refuses a checkpoint the driver cannot restore, before anything is
+	// touched.
+	checkpointing(ctx context.Context, pid int, spec *specs.Spec, o *runsc.CheckpointOpts) (gpuCheckpoint, error)
 	// checkRestore checks a checkpoint's GPU facts against this host and
 	// gives the restoring container's spec the device map.
 	checkRestore(ctx context.Context, saved *checkpoint.GPU, spec *specs.Spec) error
@@ -72,7 +74,9 @@ type gpuCheckpoint interface {
 // noGPU is the gpuHook (and gpuCheckpoint) of a container without GPUs.
 type noGPU struct{}
 
-func (noGPU) checkpointing(context.Context, int, *runsc.CheckpointOpts) gpuCheckpoint { return noGPU{} }
+func (noGPU) checkpointing(context.Context, int, *specs.Spec, *runsc.CheckpointOpts) (gpuCheckpoint, error) {
+	return noGPU{}, nil
+}
 func (noGPU) checkRestore(_ context.Context, saved *checkpoint.GPU, _ *specs.Spec) error {
 	if saved != nil {
 		return fmt.Errorf("%w: the checkpoint holds GPU state but the container spec has no NVIDIA GPU devices; give the container its GPUs (devices or CDI) as at checkpoint", errdefs.ErrFailedPrecondition)
@@ -241,7 +245,17 @@ func (g *gpuContainer) report(ctx context.Context, id, phase string, before any,
 	g.events.gpu(ctx, map[string]any{"container_id": id, "phase": phase, "before": before, "after": after})
 }
 
-func (g *gpuContainer) checkpointing(ctx context.Context, pid int, o *runsc.CheckpointOpts) gpuCheckpoint {
+// AnnotationCUDAIPC declares a container whose processes share GPU memory
+// through CUDA IPC ("true"). NVIDIA's driver restores such memory only from
+// r610: on older drivers the shim refuses the container's checkpoints before
+// anything is toggled, instead of finding out when the CUDA state does not
+// come back (which stops the container).
+const AnnotationCUDAIPC = RuntimeName + ".cuda-ipc"
+
+// cudaIPCDriver is the first NVIDIA driver branch that checkpoints CUDA IPC.
+const cudaIPCDriver = 610
+
+func (g *gpuContainer) checkpointing(ctx context.Context, pid int, spec *specs.Spec, o *runsc.CheckpointOpts) (gpuCheckpoint, error) {
 	o.CudaCheckpointPath = ToggleToolPath
 	o.CudaCheckpointSequential = g.cfg.Sequential
 	t := time.Now()
@@ -249,7 +263,26 @@ func (g *gpuContainer) checkpointing(ctx context.Context, pid int, o *runsc.Chec
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("host-side GPU discovery unavailable; the checkpoint records no GPU memory")
 	}
-	return &gpuSave{g: g, host: host, before: u, err: err, took: time.Since(t)}
+	if spec.Annotations[AnnotationCUDAIPC] == "true" && driverBranch(host.DriverVersion) < cudaIPCDriver {
+		return nil, fmt.Errorf("%w: the container declares CUDA IPC between its processes (annotation %s=true), and NVIDIA driver %s cannot checkpoint memory shared through CUDA IPC (NVIDIA supports it from driver r%d); the checkpoint is refused and the container keeps running",
+			errdefs.ErrFailedPrecondition, AnnotationCUDAIPC, orUnknown(host.DriverVersion), cudaIPCDriver)
+	}
+	return &gpuSave{g: g, host: host, before: u, err: err, took: time.Since(t)}, nil
+}
+
+// driverBranch is the major number of an NVIDIA driver version ("580" of
+// "580.159.04"); 0 when unknown.
+func driverBranch(v string) int {
+	major, _, _ := strings.Cut(v, ".")
+	n, _ := strconv.Atoi(major)
+	return n
+}
+
+func orUnknown(v string) string {
+	if v == "" {
+		return "(version unknown)"
+	}
+	return v
 }
 
 // gpuSave is one checkpoint of a GPU container.
@@ -376,12 +409,18 @@ func (g *gpuContainer) restored(ctx context.Context, id string, pid int, saved *
 	}()
 }
 
-// explain says what runsc's error means for CUDA: a process runsc did not
-// toggle (it skips, with only a warning in its log, every process for which
-// the toggle tool cannot run or answer --get-state, and the save then meets
-// the process's device mappings).
+// explain says what runsc's error means for CUDA. The toggle tool's own
+// hint (in runsc's message) names the CUDA error's likely cause; this says
+// what it means for the container and the image.
 func (g *gpuContainer) explain(err error) string {
-	if strings.Contains(err.Error(), "nvproxy.frontendFDMemmapFile") {
+	msg := err.Error()
+	if strings.Contains(msg, "resuming the container after the save failed") {
+		return fmt.Sprintf("; the container's CUDA state did not come back onto its GPUs, so the workload could not go on: the container was stopped (exit 137, the reason on the %s event) and the image removed, as it would not restore either. Workloads that share GPU memory between processes through CUDA IPC cannot be checkpointed with NVIDIA drivers before r%d: declare them with the annotation %s=true to have their checkpoints refused while they keep running", exitTopic, cudaIPCDriver, AnnotationCUDAIPC)
+	}
+	// A process runsc did not toggle: it skips, with only a warning in its
+	// log, every process for which the toggle tool cannot run or answer
+	// --get-state, and the save then meets the process's device mappings.
+	if strings.Contains(msg, "nvproxy.frontendFDMemmapFile") {
 		return fmt.Sprintf("; a CUDA process was not toggled before the save: runsc skips processes for which the toggle tool (%s in the container) fails to run or to report --get-state (runsc's debug log says why); check that `%s --get-state --pid <pid>` runs inside the container (`ctr task exec`)", ToggleToolPath, ToggleToolPath)
 	}
 	return ""

@@ -23,6 +23,7 @@ const (
 	ErrorUnknown         Result = 999 // CUDA_ERROR_UNKNOWN
 	ErrorNotFound        Result = 500 // CUDA_ERROR_NOT_FOUND
 	ErrorNotReady        Result = 600 // CUDA_ERROR_NOT_READY
+	ErrorOperatingSystem Result = 304 // CUDA_ERROR_OPERATING_SYSTEM
 	ErrorInsufficientDrv Result = 35  // CUDA_ERROR_INSUFFICIENT_DRIVER
 )
 
@@ -40,6 +41,7 @@ var resultNames = map[Result][2]string{
 	ErrorIllegalState:    {"CUDA_ERROR_ILLEGAL_STATE", "the operation cannot be performed in the present state"},
 	ErrorNotFound:        {"CUDA_ERROR_NOT_FOUND", "named symbol not found"},
 	ErrorNotReady:        {"CUDA_ERROR_NOT_READY", "device not ready"},
+	ErrorOperatingSystem: {"CUDA_ERROR_OPERATING_SYSTEM", "OS call failed or operation not supported on this OS"},
 	ErrorNotPermitted:    {"CUDA_ERROR_NOT_PERMITTED", "operation not permitted"},
 	ErrorNotSupported:    {"CUDA_ERROR_NOT_SUPPORTED", "operation not supported"},
 	ErrorTimeout:         {"CUDA_ERROR_TIMEOUT", "timeout reached"},

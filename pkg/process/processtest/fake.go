@@ -6,6 +6,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -123,8 +124,17 @@ func (f *FakeRuntime) Start(context.Context, string, runc.IO) error { return f.r
 func (f *FakeRuntime) Restore(context.Context, string, string, runsc.RestoreOpts) error {
 	return f.record("restore")
 }
-func (f *FakeRuntime) Checkpoint(context.Context, string, runsc.CheckpointOpts) error {
-	return f.record("checkpoint")
+
+// Checkpoint records the verb and, as runsc does, writes an image file into
+// the image directory (when there is one).
+func (f *FakeRuntime) Checkpoint(_ context.Context, _ string, o runsc.CheckpointOpts) error {
+	if err := f.record("checkpoint"); err != nil {
+		return err
+	}
+	if st, err := os.Stat(o.ImagePath); err != nil || !st.IsDir() {
+		return nil
+	}
+	return os.WriteFile(filepath.Join(o.ImagePath, "checkpoint.img"), []byte("image"), 0o644)
 }
 func (f *FakeRuntime) Exec(_ context.Context, _ string, _ specs.Process, o runsc.ExecOpts) error {
 	if err := f.record("exec"); err != nil {
