@@ -3,12 +3,14 @@ package shim
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/pkg/sys/reaper"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/checkpoint"
@@ -39,6 +41,8 @@ type container struct {
 	gpu       gpuHook
 	// restore is the checkpoint Start restores; nil for a fresh start.
 	restore *restoreRequest
+	// source is the checkpoint a restore annotation names, nil without one.
+	source *restoreSource
 
 	mu    sync.Mutex
 	execs map[string]*process.Exec
@@ -78,6 +82,30 @@ func newRunsc(cfg *Config, namespace, root string, b bundle, gpu bool, overlay2 
 		Log:     b.path(runscLogFile),
 		Flags:   flags,
 		Monitor: reaper.Default,
+	}
+}
+
+// restoreName names the checkpoint the container was restored from: what
+// its restore annotation said, else the checkpoint directory.
+func (c *container) restoreName() string {
+	if c.source != nil {
+		return c.source.name
+	}
+	if c.restore != nil {
+		return c.restore.dir
+	}
+	return ""
+}
+
+// removeUnpacked removes the checkpoint archive unpacked for the
+// container's restore (after its deletion: runsc may read pages of a
+// restored image until then).
+func (c *container) removeUnpacked(ctx context.Context) {
+	if c.source == nil || !c.source.unpacked {
+		return
+	}
+	if err := os.RemoveAll(c.source.dir); err != nil {
+		log.G(ctx).WithError(err).WithField("dir", c.source.dir).Warn("removing the unpacked checkpoint")
 	}
 }
 

@@ -3,6 +3,7 @@ package shim
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -71,6 +72,30 @@ func newContainer(ctx context.Context, sh *shared, r *taskAPI.CreateTaskRequest)
 	if err := checkRunsc(rt); err != nil {
 		return nil, nil, err
 	}
+	var src *restoreSource
+	if dir == "" && spec.Annotations[annotationContainerType] != containerTypeSandbox {
+		// A pod's sandbox container carries the pod's annotations too; the
+		// pod is restored through its application container.
+		if src, err = annotatedSource(ctx, cfg, spec, sh.namespace, r.ID); err != nil {
+			return nil, nil, err
+		}
+	}
+	defer func() {
+		if retErr != nil && src != nil && src.unpacked {
+			_ = os.RemoveAll(src.dir)
+		}
+	}()
+	if src != nil {
+		restore, err := sb.restoreOnce(spec, src)
+		if err != nil {
+			return nil, nil, err
+		}
+		if restore {
+			dir = src.dir
+		} else {
+			log.G(ctx).WithField("id", r.ID).WithField("checkpoint", src.name).Info("the pod was restored from this checkpoint already; the container starts fresh")
+		}
+	}
 	c := &container{
 		id:        r.ID,
 		bundle:    b,
@@ -78,6 +103,7 @@ func newContainer(ctx context.Context, sh *shared, r *taskAPI.CreateTaskRequest)
 		config:    cfg,
 		rt:        rt,
 		sandboxID: sbID,
+		source:    src,
 		gpu:       gpu,
 		execs:     make(map[string]*process.Exec),
 		reserved:  make(map[string]struct{}),
@@ -86,6 +112,11 @@ func newContainer(ctx context.Context, sh *shared, r *taskAPI.CreateTaskRequest)
 	if dir != "" {
 		if c.restore, err = checkRestore(ctx, rt, dir, cfg, spec, gpu); err != nil {
 			return nil, nil, err
+		}
+		if src != nil {
+			if err := checkSourceName(c.restore.meta, spec, src); err != nil {
+				return nil, nil, err
+			}
 		}
 	}
 	if changed {

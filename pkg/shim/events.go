@@ -21,6 +21,11 @@ const gpuTopic = "/runsc-cuda/gpu"
 // `ctr events` shows it.
 const exitTopic = "/runsc-cuda/exit"
 
+// restoreTopic is the shim's own event topic for restores: a container
+// restored from a checkpoint says so there (the CRI has no status field a
+// runtime could set), with the checkpoint and how long the restore took.
+const restoreTopic = "/runsc-cuda/restore"
+
 // eventSink publishes the shim's events to containerd in the order they were
 // sent, from one goroutine, and delivers those still queued when the shim
 // shuts down.

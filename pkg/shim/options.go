@@ -65,6 +65,37 @@ type CheckpointConfig struct {
 	// read); it catches images corrupted in storage or transit, which runsc
 	// does not detect in uncompressed images.
 	Verify bool `toml:"verify" json:"verify,omitempty"`
+	// RestoreRoots are the directories a restore annotation
+	// (io.containerd.runsc-cuda.v1.restore-from) may name checkpoints in;
+	// empty means KubeletCheckpointDir and CheckpointDir.
+	RestoreRoots []string `toml:"restore_roots" json:"restore_roots,omitempty"`
+	// UnpackDir is where checkpoint archives named by a restore annotation
+	// are unpacked for the restore (DefaultUnpackDir when empty).
+	UnpackDir string `toml:"unpack_dir" json:"unpack_dir,omitempty"`
+}
+
+// The directories restore annotations may name checkpoints in when the
+// config names none: the kubelet's checkpoint directory, and one for
+// checkpoints of ctr and nerdctl users. DefaultUnpackDir is where checkpoint
+// archives are unpacked.
+const (
+	KubeletCheckpointDir = "/var/lib/kubelet/checkpoints"
+	CheckpointDir        = "/var/lib/runsc-cuda/checkpoints"
+	DefaultUnpackDir     = "/var/lib/runsc-cuda/restore"
+)
+
+func (c CheckpointConfig) restoreRoots() []string {
+	if len(c.RestoreRoots) == 0 {
+		return []string{KubeletCheckpointDir, CheckpointDir}
+	}
+	return c.RestoreRoots
+}
+
+func (c CheckpointConfig) unpackDir() string {
+	if c.UnpackDir == "" {
+		return DefaultUnpackDir
+	}
+	return c.UnpackDir
 }
 
 // CUDAConfig configures GPU containers.
@@ -132,7 +163,14 @@ func (c *Config) Validate() error {
 	// Paths are absolute and without "..": the shim runs in the task's
 	// bundle, next to the container's rootfs, so a relative path would
 	// resolve there.
-	for _, p := range []struct{ key, val string }{{"root", c.Root}, {"cuda.toggle_tool", c.CUDA.ToggleTool}, {"cuda.driver_lib_dir", c.CUDA.DriverLibDir}} {
+	paths := []struct{ key, val string }{{"root", c.Root}, {"cuda.toggle_tool", c.CUDA.ToggleTool}, {"cuda.driver_lib_dir", c.CUDA.DriverLibDir}, {"checkpoint.unpack_dir", c.Checkpoint.UnpackDir}}
+	for _, r := range c.Checkpoint.RestoreRoots {
+		if r == "" || r == "/" {
+			return fmt.Errorf("checkpoint.restore_roots entry %q would allow restores from anywhere; name the directories that hold checkpoints", r)
+		}
+		paths = append(paths, struct{ key, val string }{"checkpoint.restore_roots", r})
+	}
+	for _, p := range paths {
 		if p.val != "" && (!filepath.IsAbs(p.val) || hasDotDot(p.val)) {
 			return fmt.Errorf("%s %q must be an absolute path without \"..\"", p.key, p.val)
 		}

@@ -90,15 +90,8 @@ func (sb *sandbox) checkpointPod(ctx context.Context, c *container, exit bool) (
 	if err != nil {
 		return nil, err
 	}
-	for _, o := range exited {
-		// runsc keeps an exited container in the sandbox until it is
-		// deleted, and gVisor would save it and wait for it at restore.
-		// Its task stays stopped; containerd's Delete of it finds nothing
-		// left in runsc, which is fine.
-		if err := o.rt.Delete(ctx, o.id); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
-			return nil, fmt.Errorf("removing the exited container %s from the pod's sandbox before the checkpoint: %w", describe(o), err)
-		}
-		log.G(ctx).WithField("id", o.id).Info("removed an exited container from the pod's sandbox for the checkpoint")
+	if err := sb.removeExited(ctx, exited); err != nil {
+		return nil, fmt.Errorf("before the checkpoint: %w", err)
 	}
 	return pod, nil
 }
@@ -115,17 +108,7 @@ func (sb *sandbox) podRules(c *container, exit bool) (*checkpoint.Pod, []*contai
 		}
 		return nil, nil, nil
 	}
-	var live, exited []*container
-	for _, o := range subs {
-		if o == c {
-			continue
-		}
-		if st, _ := o.init.Status(context.Background()); st == process.StatusStopped || st == process.StatusDeleted {
-			exited = append(exited, o)
-		} else {
-			live = append(live, o)
-		}
-	}
+	live, exited := sb.split(c)
 	if len(live) > 0 {
 		return nil, nil, fmt.Errorf("%w: cannot checkpoint %s alone: gVisor checkpoints the whole pod sandbox %s, which also runs %s; a checkpoint would save those containers too and could not be restored one container at a time. Checkpoint pods that run a single application container (stop and remove the others first)",
 			errdefs.ErrFailedPrecondition, describe(c), sb.id, describeAll(live))
@@ -207,9 +190,13 @@ func (sb *sandbox) replace(ctx context.Context, c *container) (retErr error) {
 	if root == nil {
 		return fmt.Errorf("%w: the sandbox container %s of %s's pod is not served by this shim; cannot restore the pod checkpoint", errdefs.ErrFailedPrecondition, sb.id, c.id)
 	}
-	if others := sb.others(c); len(others) > 0 {
-		return fmt.Errorf("%w: cannot restore %s into pod sandbox %s, which also runs %s: gVisor restores a pod checkpoint only as a whole sandbox; restore into a new pod",
-			errdefs.ErrFailedPrecondition, describe(c), sb.id, describeAll(others))
+	live, exited := sb.split(c)
+	if len(live) > 0 {
+		return fmt.Errorf("%w: cannot restore %s into pod sandbox %s, which also runs %s: gVisor restores a pod checkpoint only as a whole sandbox; restore into a new pod whose other containers have exited (init containers) or come after",
+			errdefs.ErrFailedPrecondition, describe(c), sb.id, describeAll(live))
+	}
+	if err := sb.removeExited(ctx, exited); err != nil {
+		return err
 	}
 	log.G(ctx).WithField("id", c.id).WithField("sandbox", sb.id).Info("restoring a pod checkpoint: replacing the pod's sandbox")
 	// The new sandbox's cgroup takes the old one's path: the old one's
@@ -259,6 +246,81 @@ func (sb *sandbox) replace(ctx context.Context, c *container) (retErr error) {
 	}
 	for _, m := range []*container{root, c} {
 		sb.watchOOM(ctx, m)
+	}
+	sb.mu.Lock()
+	sb.restoredFrom, sb.restoredName = c.restore.dir, gvisorName(c.spec)
+	if c.source != nil {
+		sb.restoredFrom = c.source.name
+	}
+	sb.mu.Unlock()
+	return nil
+}
+
+// split returns the pod's containers but its root and c: those that live,
+// and those that exited (init containers the kubelet keeps for their
+// status).
+func (sb *sandbox) split(c *container) (live, exited []*container) {
+	for _, o := range sb.others(c) {
+		if st, _ := o.init.Status(context.Background()); st == process.StatusStopped || st == process.StatusDeleted {
+			exited = append(exited, o)
+		} else {
+			live = append(live, o)
+		}
+	}
+	return live, exited
+}
+
+// removeExited removes exited containers from the pod's sandbox: runsc
+// keeps an exited container in the sandbox until it is deleted, and gVisor
+// would save it and wait for it at restore. Their tasks stay stopped;
+// containerd's Delete of them finds nothing left in runsc, which is fine.
+func (sb *sandbox) removeExited(ctx context.Context, exited []*container) error {
+	for _, o := range exited {
+		if err := o.rt.Delete(ctx, o.id); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			return fmt.Errorf("removing the exited container %s from the pod's sandbox: %w", describe(o), err)
+		}
+		log.G(ctx).WithField("id", o.id).Info("removed an exited container from the pod's sandbox")
+	}
+	return nil
+}
+
+// restoreOnce decides whether a container whose restore annotation names
+// src restores: a standalone container always does; in a pod, the first
+// application container does, and gVisor restores the whole pod with it.
+// Later containers of a pod restored so (the restored container started
+// again by the kubelet) start fresh, and containers of another name are
+// refused: the checkpoint holds one application container.
+func (sb *sandbox) restoreOnce(spec *specs.Spec, src *restoreSource) (bool, error) {
+	if !subcontainer(spec) {
+		return true, nil
+	}
+	sb.mu.Lock()
+	from, name := sb.restoredFrom, sb.restoredName
+	sb.mu.Unlock()
+	switch {
+	case from == "":
+		return true, nil
+	case gvisorName(spec) == name:
+		return false, nil
+	default:
+		return false, fmt.Errorf("%w: pod sandbox %s was restored from %s, which holds one application container (%s); gVisor restores a pod as a whole, so the pod cannot also run %s: restore pods that run a single application container",
+			errdefs.ErrFailedPrecondition, sb.id, from, name, spec.Annotations[annotationContainerName])
+	}
+}
+
+// checkSourceName checks that a pod checkpoint named by a restore
+// annotation restores into the container of the checkpointed name: the
+// kubelet creates a restored pod's containers by their names, and a pod's
+// other containers cannot join the restored sandbox.
+func checkSourceName(meta *checkpoint.Metadata, spec *specs.Spec, src *restoreSource) error {
+	if meta.Pod == nil {
+		return nil
+	}
+	for _, pc := range meta.Pod.Containers {
+		if !pc.Sandbox && pc.Name != "" && pc.Name != gvisorName(spec) {
+			return fmt.Errorf("%w: the checkpoint %s holds application container %s, but this container is %s: gVisor restores a pod as a whole, so only a container of the checkpointed name restores it; give the pod's container that name (and no other application containers)",
+				errdefs.ErrFailedPrecondition, src.name, pc.Name, spec.Annotations[annotationContainerName])
+		}
 	}
 	return nil
 }

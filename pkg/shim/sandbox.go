@@ -36,6 +36,9 @@ type sandbox struct {
 	createdPid int
 	// network is the pod network runsc took over at the sandbox's start.
 	network *podNetwork
+	// restoredFrom is the checkpoint a pod restore replaced the sandbox
+	// with, restoredName the name of the application container it held.
+	restoredFrom, restoredName string
 }
 
 // sandboxes are a shim's sandboxes, by id.

@@ -128,12 +128,16 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	s.mu.Lock()
 	s.containers[r.ID] = c
 	s.mu.Unlock()
+	checkpoint := r.Checkpoint
+	if c.restore != nil {
+		checkpoint = c.restore.dir
+	}
 	s.shared.events.send(&eventstypes.TaskCreate{
 		ContainerID: r.ID,
 		Bundle:      r.Bundle,
 		Rootfs:      r.Rootfs,
 		IO:          &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
-		Checkpoint:  r.Checkpoint,
+		Checkpoint:  checkpoint,
 		Pid:         uint32(c.init.Pid()),
 	})
 	sb.watchOOM(ctx, c)
@@ -147,10 +151,14 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		return nil, err
 	}
 	if r.ExecID == "" {
+		t := time.Now()
 		if err := s.sandbox(c).start(ctx, c); err != nil {
 			return nil, errgrpc.ToGRPC(err)
 		}
 		s.shared.events.send(&eventstypes.TaskStart{ContainerID: c.id, Pid: uint32(c.init.Pid())})
+		if c.restore != nil {
+			s.shared.events.publish(ctx, restoreTopic, map[string]any{"container_id": c.id, "checkpoint": c.restoreName(), "restored": true, "ms": time.Since(t).Milliseconds()})
+		}
 		return &taskAPI.StartResponse{Pid: uint32(c.init.Pid())}, nil
 	}
 	p, err := c.startExec(ctx, r.ExecID)
@@ -177,6 +185,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 			return nil, errgrpc.ToGRPC(err)
 		}
 		s.sandbox(c).leave(ctx, c)
+		c.removeUnpacked(ctx)
 		s.mu.Lock()
 		delete(s.containers, r.ID)
 		last := len(s.containers) == 0 && s.shutdownRequested
