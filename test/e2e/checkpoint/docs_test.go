@@ -35,7 +35,7 @@ const (
 	// that name (its command sleeps until killed).
 	docsImage = "docker.io/library/app:1"
 	// docsHostDir is the one host directory the documentation's commands write to.
-	docsHostDir = "/var/lib/checkpoints"
+	docsHostDir = "/var/lib/runsc-cuda/checkpoints"
 	docsTarget  = "target"
 )
 
@@ -196,7 +196,7 @@ func (h *docsHost) run(dir, script string) (string, error) {
 // through the CRI with a container ID that a document cannot name in advance
 // (test/e2e/cri covers crictl checkpoint), and the command sketches with placeholders.
 //
-// The documentation writes to /var/lib/checkpoints and runs nerdctl on its default
+// The documentation writes to /var/lib/runsc-cuda/checkpoints and runs nerdctl on its default
 // network (the bridge nerdctl0): the test holds host locks for both and removes or
 // restores what they leave (claimDocsHostDir, useDefaultNetwork).
 func TestCompatDocsCommands(t *testing.T) {
