@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/BurntSushi/toml"
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/testimage"
 )
 
 // writeTOML writes base merged with the TOML document extra (extra wins; tables merge
@@ -40,3 +42,77 @@ func mergeTOML(dst, over map[string]any) {
 
 // table is shorthand for a TOML table literal.
 type table = map[string]any
+
+func (d *Daemon) writeShimConfig() error {
+	return writeTOML(d.ShimConfigPath, table{
+		"binary_name": d.Tools.Runsc,
+		"root":        d.RunscRoot,
+		"log_level":   "debug",
+		"runsc_config": table{
+			"debug-log": d.RunscLogDir + "/",
+			"debug":     "true",
+		},
+	}, d.opts.ShimConfig)
+}
+
+func (d *Daemon) writeConfig() error {
+	cfg := table{
+		"version":          3, // containerd 2.4 migrates it to 4; 2.3 reads it natively
+		"root":             d.Root,
+		"state":            d.State,
+		"imports":          []string{},
+		"disabled_plugins": []string{"io.containerd.nri.v1.nri"}, // its socket is host-global
+		"grpc":             table{"address": d.Address},
+		"ttrpc":            table{"address": d.TTRPCAddress},
+		"debug":            table{"level": "debug"},
+		"plugins":          table{},
+	}
+	if d.opts.CRI {
+		cfg["plugins"] = d.criConfig()
+		if err := d.writeCNIConfig(); err != nil {
+			return err
+		}
+	} else {
+		cfg["disabled_plugins"] = append(cfg["disabled_plugins"].([]string),
+			"io.containerd.grpc.v1.cri",
+			"io.containerd.cri.v1.images",
+			"io.containerd.cri.v1.runtime",
+			"io.containerd.podsandbox.controller.v1.podsandbox",
+		)
+	}
+	return writeTOML(d.ConfigPath, cfg, d.opts.ExtraConfig)
+}
+
+func (d *Daemon) criConfig() table {
+	return table{
+		"io.containerd.cri.v1.images": table{
+			"snapshotter":   d.Snapshotter,
+			"pinned_images": table{"sandbox": testimage.Ref},
+		},
+		"io.containerd.cri.v1.runtime": table{
+			// runsc cannot lower oom_score_adj without CAP_SYS_RESOURCE.
+			"restrict_oom_score_adj": true,
+			"containerd": table{
+				"default_runtime_name": CRIRuntimeHandler,
+				"runtimes": table{
+					CRIRuntimeHandler: table{
+						"runtime_type": RuntimeName,
+						"options":      table{"ConfigPath": d.ShimConfigPath},
+					},
+					CRIRuncRunscHandler: table{
+						"runtime_type": RuncRuntimeName,
+						"options":      table{"BinaryName": d.Tools.Runsc, "Root": d.RuncRunscRoot},
+					},
+				},
+			},
+			"cni": table{
+				"bin_dirs": []string{d.Tools.CNIBinDir},
+				"conf_dir": filepath.Join(d.Dir, "cni"),
+			},
+		},
+		"io.containerd.grpc.v1.cri": table{
+			"stream_server_address": "127.0.0.1",
+			"stream_server_port":    "0",
+		},
+	}
+}
