@@ -8,8 +8,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/BurntSushi/toml"
 )
 
 func TestParseToolEnv(t *testing.T) {
@@ -65,32 +63,6 @@ func TestToolsScriptEnv(t *testing.T) {
 	}
 	if ts.Dir == "" || len(ts.Containerd) == 0 {
 		t.Fatalf("Tools() returned no paths: %+v (%v)", ts, err)
-	}
-}
-
-func TestMergeTOML(t *testing.T) {
-	base := table{
-		"binary_name":  "/runsc",
-		"runsc_config": table{"debug": "true", "debug-log": "/logs/"},
-	}
-	path := filepath.Join(t.TempDir(), "x.toml")
-	if err := writeTOML(path, base, "log_level = \"info\"\n[runsc_config]\nnvproxy = \"true\"\ndebug = \"false\"\n"); err != nil {
-		t.Fatal(err)
-	}
-	var got map[string]any
-	if _, err := toml.DecodeFile(path, &got); err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]any{
-		"binary_name":  "/runsc",
-		"log_level":    "info",
-		"runsc_config": map[string]any{"debug": "false", "debug-log": "/logs/", "nvproxy": "true"},
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("merged config %v, want %v", got, want)
-	}
-	if err := writeTOML(path, table{}, "not toml ="); err == nil {
-		t.Error("bad extra TOML accepted")
 	}
 }
 
