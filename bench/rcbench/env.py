@@ -6,7 +6,6 @@ benchmark image, and stopping it all again."""
 import fcntl
 import glob
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -80,38 +79,30 @@ class Env:
     def write_configs(self):
         """containerd's config (CRI off) and the shim's: runsc, its root, the
         runsc flags (--runsc-flag, the debug-log directory), the toggle tool,
-        the driver libraries, and --shim-config merged in."""
+        the driver libraries, and --shim-config merged in; both written by
+        the bundle's rcuda-config (test/e2e/cmd/rcuda-config), as for the
+        e2e daemons and the demo."""
         ctx = self.ctx
+        tool = ctx.b("rcuda-config")
+        if not os.path.exists(tool):
+            raise BenchError("%s missing: --bin is a bundle older than rcuda-config; rebuild it (make bundle)" % tool)
         self.ctrd_cfg = ctx.w("containerd.toml")
-        with open(self.ctrd_cfg, "w") as fh:
-            fh.write("""version = 3
-root = "{w}/root"
-state = "{w}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.nri.v1.nri"]
-[grpc]
-  address = "{w}/c.sock"
-[ttrpc]
-  address = "{w}/c.sock.ttrpc"
-""".format(w=ctx.work))
+        ctx.sh([tool, "containerd", "--dir", ctx.work, "--out", self.ctrd_cfg], timeout=60)
         self.shim_cfg = ctx.w("runsc-cuda.toml")
         self.runsc_flags = dict(kv.split("=", 1) for kv in ctx.args.runsc_flag)
         if ctx.args.runsc_debug_log:
             self.runsc_flags["debug-log"] = ctx.w("runsc-logs", "%ID%") + "/"
-        lines = ['binary_name = "%s"' % ctx.b("runsc"), 'root = "%s"' % ctx.w("runsc")]
-        lines.append("[runsc_config]")
+        args = [tool, "shim", "--runsc", ctx.b("runsc"), "--root", ctx.w("runsc"), "--toggle-tool", ctx.b("cuda-checkpoint"),
+                "--out", self.shim_cfg]
         for k, v in sorted(self.runsc_flags.items()):
-            lines.append('%s = "%s"' % (k, v))
-        lines.append("[cuda]")
-        lines.append('toggle_tool = "%s"' % ctx.b("cuda-checkpoint"))
+            args += ["--runsc-flag", "%s=%s" % (k, v)]
         if self.libdir:
-            lines.append('driver_lib_dir = "%s"' % self.libdir)
-        extra = ctx.args.shim_config
-        body = "\n".join(lines) + "\n"
-        if extra:
-            body = merge_toml_tables(body, extra)
-        with open(self.shim_cfg, "w") as fh:
-            fh.write(body)
-        ctx.log("shim config:\n" + body)
+            args += ["--driver-lib-dir", self.libdir]
+        if ctx.args.shim_config:
+            args += ["--extra", ctx.args.shim_config]
+        ctx.sh(args, timeout=60)
+        with open(self.shim_cfg) as fh:
+            ctx.log("shim config:\n" + fh.read())
 
     def start_containerd(self):
         ctx = self.ctx
@@ -249,34 +240,3 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", 
         self.unmount_work()
         if not ctx.args.keep_work:
             shutil.rmtree(ctx.work, ignore_errors=True)
-
-
-def merge_toml_tables(base, extra):
-    """Appends extra TOML to base, merging tables that both have ([name] headers)."""
-    def split(text):
-        tables, order, cur = {"": []}, [""], ""
-        for line in text.splitlines():
-            m = re.match(r"\s*\[([^\]]+)\]\s*$", line)
-            if m:
-                cur = m.group(1).strip()
-                if cur not in tables:
-                    tables[cur] = []
-                    order.append(cur)
-                continue
-            if line.strip():
-                tables[cur].append(line)
-        return tables, order
-    bt, border = split(base)
-    et, eorder = split(extra)
-    for name in eorder:
-        keys = {l.split("=", 1)[0].strip() for l in et[name] if "=" in l}
-        if name not in bt:
-            bt[name] = []
-            border.append(name)
-        bt[name] = [l for l in bt[name] if l.split("=", 1)[0].strip() not in keys] + et[name]
-    out = []
-    for name in border:
-        if name:
-            out.append("[%s]" % name)
-        out += bt[name]
-    return "\n".join(out) + "\n"
