@@ -38,6 +38,10 @@ func reapStaleDirs(t testing.TB, base string) {
 		killed, unmounted, err := cleanupDir(dir)
 		t.Logf("reaped stale e2e directory %s of exited test process %d: killed %d processes, unmounted %d mounts, err %v",
 			dir, pid, len(killed), len(unmounted), err)
+		if br := bridgeName(e.Name()); linkExists(br) {
+			ports, err := removeBridge(br)
+			t.Logf("reaped its CNI bridge %s (ports %v): err %v", br, ports, err)
+		}
 	}
 }
 
@@ -76,6 +80,9 @@ func (d *Daemon) cleanup() {
 		d.logDiagnostics()
 	}
 	if d.Running() && d.client != nil {
+		if d.bridge != nil {
+			d.removePods()
+		}
 		d.deleteAll()
 	}
 	if err := d.Stop(); err != nil {
@@ -99,6 +106,28 @@ func (d *Daemon) cleanup() {
 	}
 	if err != nil {
 		t.Errorf("cleanup of %s: %v", d.Dir, err)
+	}
+	if d.bridge != nil {
+		// After the processes: a pod's network namespace, and with it its veth pair,
+		// lives as long as its sandbox.
+		ports, err := d.bridge.release()
+		if len(ports) > 0 {
+			t.Logf("cleanup: deleted veths left on bridge %s: %v", d.Bridge, ports)
+		}
+		if err != nil {
+			t.Errorf("cleanup: bridge %s: %v", d.Bridge, err)
+		}
+	}
+}
+
+// removePods stops and removes every pod through the CRI, which tears their networks
+// down (CNI DEL: the veth pairs, the addresses host-local gave out) and removes their
+// network namespaces.
+func (d *Daemon) removePods() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if out, _, err := d.Crictl(ctx, "rmp", "--all", "--force"); err != nil {
+		d.t.Logf("cleanup: crictl rmp --all --force: %v %s", err, out)
 	}
 }
 

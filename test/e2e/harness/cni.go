@@ -2,6 +2,7 @@ package harness
 
 import (
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 // info for sandbox"). Each daemon gets its own network name, /24 subnet and IPAM data
 // directory, and no IP masquerading, so nothing host-global but the pods' veth pairs
 // is touched. CNILoopback writes a loopback-only conflist, for host-network pods.
+// CNIBridge creates the daemon's bridge first (setupBridge).
 func (d *Daemon) writeCNIConfig() error {
 	dir := filepath.Join(d.Dir, "cni")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -26,6 +28,11 @@ func (d *Daemon) writeCNIConfig() error {
 		if conf, err = ptpConflist(id, filepath.Join(d.Dir, "cni-ipam")); err != nil {
 			return err
 		}
+	case CNIBridge:
+		var err error
+		if conf, err = d.setupBridgeNetwork(id); err != nil {
+			return err
+		}
 	case CNILoopback:
 		conf = fmt.Sprintf(`{
   "cniVersion": "1.0.0",
@@ -34,7 +41,7 @@ func (d *Daemon) writeCNIConfig() error {
 }
 `, id)
 	default:
-		return fmt.Errorf("harness: unknown Options.CNI %q (want %q or %q)", d.opts.CNI, CNIPtp, CNILoopback)
+		return fmt.Errorf("harness: unknown Options.CNI %q (want %q, %q or %q)", d.opts.CNI, CNIPtp, CNILoopback, CNIBridge)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "10-rcuda.conflist"), []byte(conf), 0o644); err != nil {
 		return err
@@ -60,4 +67,36 @@ func ptpConflist(id, ipamDir string) (string, error) {
   }]
 }
 `, id, 200+int(b[0])%50, b[1], ipamDir), nil
+}
+
+// setupBridgeNetwork creates the daemon's bridge (setupBridge) and returns its
+// conflist: the bridge plugin attaching pods to it, host-local IPAM on its subnet with
+// the IPAM state in the daemon's directory, and loopback.
+func (d *Daemon) setupBridgeNetwork(id string) (string, error) {
+	b, err := setupBridge(id)
+	if err != nil {
+		return "", err
+	}
+	d.bridge = b
+	d.Bridge, d.PodSubnet, d.BridgeAddress = b.name, b.subnet.String(), b.gateway.IP.String()
+	conf, err := json.MarshalIndent(map[string]any{
+		"cniVersion": "1.0.0",
+		"name":       "rcuda-br-" + id,
+		"plugins": []map[string]any{
+			{
+				"type":      "bridge",
+				"bridge":    b.name,
+				"isGateway": false, // the harness gave the bridge its address (see setupBridge)
+				"ipMasq":    false,
+				"ipam": map[string]any{
+					"type":    "host-local",
+					"subnet":  b.subnet.String(),
+					"gateway": b.gateway.IP.String(),
+					"dataDir": filepath.Join(d.Dir, "cni-ipam"),
+				},
+			},
+			{"type": "loopback"},
+		},
+	}, "", "  ")
+	return string(conf) + "\n", err
 }

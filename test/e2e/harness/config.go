@@ -63,6 +63,9 @@ func (d *Daemon) criConfig() *ctrdconfig.CRI {
 		},
 		CNIBinDir:  d.Tools.CNIBinDir,
 		CNIConfDir: filepath.Join(d.Dir, "cni"),
+		// The bridge's pods: their network namespaces in the daemon's directory, so the
+		// cleanup finds them.
+		NetNSUnderState: d.opts.CNI == CNIBridge,
 	}
 }
 

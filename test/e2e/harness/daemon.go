@@ -65,7 +65,11 @@ type Options struct {
 	// is a loopback-only conflist, enough for pods in the host network namespace
 	// (linux.security_context.namespace_options.network = NODE), which the CRI does not
 	// attach to CNI; a pod with its own network namespace fails on it with "failed to
-	// find network info for sandbox".
+	// find network info for sandbox". CNIBridge is a Linux bridge per daemon with a /24
+	// of 10.88.0.0/16 no other daemon or host network uses (Daemon.Bridge,
+	// Daemon.PodSubnet): pods with their own network namespace get an address on it
+	// that the host (the test) reaches; the bridge, the pods' veth pairs and network
+	// namespaces (kept under the daemon's state directory) go with the cleanup.
 	CNI string
 }
 
@@ -73,6 +77,7 @@ type Options struct {
 const (
 	CNIPtp      = "ptp"
 	CNILoopback = "loopback"
+	CNIBridge   = "bridge"
 )
 
 // Daemon is a private containerd started for one test. Its fields are read-only.
@@ -94,6 +99,12 @@ type Daemon struct {
 	RunscLogDir    string // runsc debug logs of our shim
 	RuncRunscRoot  string // runsc --root when run by containerd's runc shim
 
+	// With Options.CNI = CNIBridge: the pods' bridge, the subnet of their addresses
+	// and the host's address on the bridge; empty otherwise.
+	Bridge        string
+	PodSubnet     string // e.g. 10.88.7.0/24
+	BridgeAddress string // e.g. 10.88.7.1
+
 	Tools      ToolSet
 	Shim       ShimBinaries    // zero with Options.WithoutShim
 	Containerd ContainerdTools // this daemon's containerd and ctr binaries
@@ -101,6 +112,8 @@ type Daemon struct {
 	t    testing.TB
 	opts Options
 	env  []string
+
+	bridge *bridgeNet // Options.CNI = CNIBridge
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd

@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -177,4 +178,33 @@ func TestShimSockets(t *testing.T) {
 	if ShimSockets(Process{Cmdline: []string{"runsc", "--root=/x"}}) != nil {
 		t.Error("a non-shim process has shim sockets")
 	}
+}
+
+func TestOverlaps(t *testing.T) {
+	cidr := func(s string) *net.IPNet {
+		ip, n, err := net.ParseCIDR(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.IP = ip // as an interface address: host bits set
+		return n
+	}
+	for _, c := range []struct {
+		a, b string
+		want bool
+	}{
+		{"10.88.7.0/24", "10.88.7.1/24", true},
+		{"10.88.7.0/24", "10.88.0.0/16", true},
+		{"10.88.7.0/24", "10.88.8.1/24", false},
+		{"10.88.7.0/24", "192.0.2.2/24", false},
+	} {
+		if got := overlaps(cidr(c.a), cidr(c.b)); got != c.want {
+			t.Errorf("overlaps(%s, %s) = %v", c.a, c.b, got)
+		}
+	}
+	routes, err := ipv4Routes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("routes: %v", routes)
 }
