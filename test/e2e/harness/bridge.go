@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -70,7 +71,6 @@ func setupBridge(id string) (*bridgeNet, error) {
 			claim:   claim,
 		}
 		if err := createBridge(b.name, b.gateway); err != nil {
-			_ = deleteLink(b.name)
 			claim.Close()
 			return nil, err
 		}
@@ -181,6 +181,32 @@ func removeBridge(name string) ([]string, error) {
 	}
 	errs = append(errs, deleteLink(name))
 	return ports, errors.Join(errs...)
+}
+
+// cniCacheDir is where libcni (in containerd's CRI) caches each attachment's result
+// until its CNI DEL: host-global, so a pod that was never torn down leaves its entries.
+const cniCacheDir = "/var/lib/cni/results"
+
+// removeCNICache removes libcni's cached results of attachments whose network
+// namespace was under dir (the daemon's pods with CNIBridge, whose namespaces the CRI
+// keeps in the daemon's state) and returns their file names.
+func removeCNICache(dir string) []string {
+	entries, _ := os.ReadDir(cniCacheDir)
+	var removed []string
+	for _, e := range entries {
+		path := filepath.Join(cniCacheDir, e.Name())
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		var c struct {
+			NetNS string `json:"netns"`
+		}
+		if json.Unmarshal(raw, &c) == nil && strings.HasPrefix(c.NetNS, dir+"/") && os.Remove(path) == nil {
+			removed = append(removed, e.Name())
+		}
+	}
+	return removed
 }
 
 // release deletes the bridge and ends the claim on its subnet.

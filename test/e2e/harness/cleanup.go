@@ -42,6 +42,9 @@ func reapStaleDirs(t testing.TB, base string) {
 			ports, err := removeBridge(br)
 			t.Logf("reaped its CNI bridge %s (ports %v): err %v", br, ports, err)
 		}
+		if cached := removeCNICache(dir); len(cached) > 0 {
+			t.Logf("reaped its pods' CNI cache entries %v", cached)
+		}
 	}
 }
 
@@ -116,6 +119,9 @@ func (d *Daemon) cleanup() {
 		}
 		if err != nil {
 			t.Errorf("cleanup: bridge %s: %v", d.Bridge, err)
+		}
+		if cached := removeCNICache(d.Dir); len(cached) > 0 {
+			t.Logf("cleanup: removed CNI cache entries of pods never torn down: %v", cached)
 		}
 	}
 }

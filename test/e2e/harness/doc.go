@@ -27,6 +27,7 @@
 // <runsc root>/null-netns for the life of its root directory.
 //
 // Host-global state a daemon adds and its cleanup removes: with Options.CNI = CNIBridge,
-// its bridge (rcbr-<id>), the pods' veth pairs and a claim on one /24 of 10.88.0.0/16
-// (a flock under /run/rcuda-e2e/cni-bridge).
+// its bridge (rcbr-<id>), the pods' veth pairs, libcni's cache entries of its pods
+// (/var/lib/cni/results) and a claim on one /24 of 10.88.0.0/16 (a flock under
+// /run/rcuda-e2e/cni-bridge).
 package harness

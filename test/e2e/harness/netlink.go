@@ -16,7 +16,7 @@ import (
 // address, delete a link), so the suite needs no iproute2.
 
 // createBridge creates the Linux bridge name, up, with address addr (its gateway
-// address and subnet, e.g. 10.88.7.1/24).
+// address and subnet, e.g. 10.88.7.1/24); it fails if name exists.
 func createBridge(name string, addr *net.IPNet) error {
 	info := ifInfomsg(0, unix.IFF_UP)
 	kind := rtattr(unix.IFLA_INFO_KIND, []byte("bridge"))
@@ -25,6 +25,15 @@ func createBridge(name string, addr *net.IPNet) error {
 	if err != nil {
 		return fmt.Errorf("create bridge %s: %w", name, err)
 	}
+	if err := addAddress(name, addr); err != nil {
+		_ = deleteLink(name)
+		return err
+	}
+	return nil
+}
+
+// addAddress adds the IPv4 address addr to the interface name.
+func addAddress(name string, addr *net.IPNet) error {
 	ifc, err := net.InterfaceByName(name)
 	if err != nil {
 		return err
@@ -37,7 +46,7 @@ func createBridge(name string, addr *net.IPNet) error {
 	err = netlinkDo(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL,
 		msg, rtattr(unix.IFA_LOCAL, ip4), rtattr(unix.IFA_ADDRESS, ip4))
 	if err != nil {
-		return fmt.Errorf("add address %s to bridge %s: %w", addr, name, err)
+		return fmt.Errorf("add address %s to %s: %w", addr, name, err)
 	}
 	return nil
 }
