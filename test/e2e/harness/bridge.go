@@ -121,7 +121,7 @@ func hostUses(subnet *net.IPNet) (bool, error) {
 		return false, err
 	}
 	for _, r := range routes {
-		if ones, _ := r.Mask.Size(); ones > 0 && overlaps(subnet, r) {
+		if ones, _ := r.dst.Mask.Size(); ones > 0 && overlaps(subnet, r.dst) {
 			return true, nil
 		}
 	}
@@ -134,14 +134,20 @@ func overlaps(a, b *net.IPNet) bool {
 	return an.Contains(bn.IP) || bn.Contains(an.IP)
 }
 
-// ipv4Routes reads the destinations of the main routing table (/proc/net/route).
-func ipv4Routes() ([]*net.IPNet, error) {
+// route is one IPv4 route of the main table.
+type route struct {
+	dst *net.IPNet
+	dev string
+}
+
+// ipv4Routes reads the main routing table (/proc/net/route).
+func ipv4Routes() ([]route, error) {
 	f, err := os.Open("/proc/net/route")
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var out []*net.IPNet
+	var out []route
 	sc := bufio.NewScanner(f)
 	sc.Scan() // header
 	for sc.Scan() {
@@ -157,9 +163,28 @@ func ipv4Routes() ([]*net.IPNet, error) {
 		ip, m := make(net.IP, 4), make(net.IPMask, 4)
 		binary.NativeEndian.PutUint32(ip, uint32(dst)) // the kernel prints the network-order words as host integers
 		binary.NativeEndian.PutUint32(m, uint32(mask))
-		out = append(out, &net.IPNet{IP: ip, Mask: m})
+		out = append(out, route{dst: &net.IPNet{IP: ip, Mask: m}, dev: fields[0]})
 	}
 	return out, sc.Err()
+}
+
+// RouteDevice returns the interface of the host's route for exactly the network cidr
+// (e.g. Daemon.PodSubnet), or "" when there is none.
+func RouteDevice(cidr string) (string, error) {
+	_, want, err := net.ParseCIDR(cidr)
+	if err != nil {
+		return "", err
+	}
+	routes, err := ipv4Routes()
+	if err != nil {
+		return "", err
+	}
+	for _, r := range routes {
+		if r.dst.String() == want.String() {
+			return r.dev, nil
+		}
+	}
+	return "", nil
 }
 
 // BridgePorts lists the interfaces on the daemon's CNIBridge bridge: the host ends of

@@ -203,8 +203,10 @@ func TestOverlaps(t *testing.T) {
 		}
 	}
 	routes, err := ipv4Routes()
-	if err != nil {
-		t.Fatal(err)
+	if err != nil || len(routes) == 0 {
+		t.Fatalf("routes %v, %v", routes, err)
 	}
-	t.Logf("routes: %v", routes)
+	if dev, err := RouteDevice(routes[len(routes)-1].dst.String()); err != nil || dev != routes[len(routes)-1].dev {
+		t.Errorf("RouteDevice(%s) = %q, %v; want %q", routes[len(routes)-1].dst, dev, err, routes[len(routes)-1].dev)
+	}
 }

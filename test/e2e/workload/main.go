@@ -13,8 +13,6 @@
 //	tty                                                 isatty and winsize lines, again on SIGWINCH
 //	alloc --mib N [--step 16] [--interval 10ms]         allocates and touches memory (OOM tests)
 //	signals                                             got=<SIGNAME> per signal; term and exit 0 on SIGTERM
-//	serve [--addr :8080]                                listening addr=<a>; answers each TCP connection
-//	                                                    with hello n=<k>, then served n=<k> remote=<a>
 //
 // Long-running subcommands exit with 128+signal on SIGTERM, SIGINT or SIGHUP, as a
 // shell would report a process killed by that signal (a Go program that is PID 1 would
@@ -69,7 +67,6 @@ func commands() map[string]command {
 		"tty":     {summary: "report terminal state and window size", run: runTTY},
 		"alloc":   {summary: "allocate memory until killed", run: runAlloc},
 		"signals": {summary: "print the signals received", run: runSignals, ownSignals: true},
-		"serve":   {summary: "answer TCP connections with a count", run: runServe},
 	}
 }
 

@@ -6,12 +6,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"flag"
-	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"reflect"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -44,9 +41,6 @@ func TestParse(t *testing.T) {
 		{"sleep for", wrap(parseSleep), []string{"--for", "5s"}, sleepConfig{duration: 5 * time.Second}, false},
 		{"alloc", wrap(parseAlloc), []string{"--mib", "64", "--step", "8"}, allocConfig{mib: 64, step: 8, interval: 10 * time.Millisecond}, false},
 		{"alloc bad step", wrap(parseAlloc), []string{"--step", "0"}, nil, true},
-		{"serve defaults", wrap(parseServe), nil, serveConfig{addr: ":8080"}, false},
-		{"serve addr", wrap(parseServe), []string{"--addr", "127.0.0.1:0"}, serveConfig{addr: "127.0.0.1:0"}, false},
-		{"serve empty addr", wrap(parseServe), []string{"--addr", ""}, nil, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -236,41 +230,5 @@ func TestRunUsage(t *testing.T) {
 func TestSignalName(t *testing.T) {
 	if got := signalName(10); got != "SIGUSR1" {
 		t.Errorf("signalName(10) = %q, want SIGUSR1", got)
-	}
-}
-
-func TestServe(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	out := &lines{}
-	done := make(chan error, 1)
-	go func() { done <- runServe(ctx, []string{"--addr", "127.0.0.1:0"}, stdio{out: out, err: out}) }()
-	deadline := time.Now().Add(5 * time.Second)
-	var addr string
-	for addr == "" && time.Now().Before(deadline) {
-		if m := regexp.MustCompile(`^listening addr=(\S+)\n`).FindStringSubmatch(out.String()); m != nil {
-			addr = m[1]
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if addr == "" {
-		t.Fatalf("serve did not say where it listens: %q", out.String())
-	}
-	for _, want := range []string{"hello n=1\n", "hello n=2\n"} {
-		conn, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := io.ReadAll(conn)
-		conn.Close()
-		if err != nil || string(got) != want {
-			t.Fatalf("read %q, %v; want %q", got, err, want)
-		}
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("serve returned %v after cancel", err)
-	}
-	if !strings.Contains(out.String(), "served n=2 remote=127.0.0.1:") {
-		t.Errorf("output %q", out.String())
 	}
 }
