@@ -70,6 +70,7 @@ bundle: tools build
 	$(GOBUILD) -o $(GPU_BUNDLE)/workload-cpu ./test/e2e/workload
 	$(GOBUILD) -o $(GPU_BUNDLE)/mkimage ./test/e2e/gpu/mkimage
 	$(GOBUILD) -o $(GPU_BUNDLE)/ckptctl ./test/e2e/cmd/ckptctl
+	$(GOBUILD) -o $(GPU_BUNDLE)/rcuda-config ./test/e2e/cmd/rcuda-config
 
 gpu-bundle: bundle
 	tar -C $(dir $(GPU_BUNDLE)) -cf - $(notdir $(GPU_BUNDLE)) | xz -T0 -6 > $(GPU_BUNDLE).tar.xz

@@ -49,6 +49,8 @@ build() { # build NAME PACKAGE: a binary from the bundle, or built from the tree
 }
 build mkimage ./test/e2e/gpu/mkimage
 build ckptctl ./test/e2e/cmd/ckptctl
+build rcuda-config ./test/e2e/cmd/rcuda-config
+RC_CONFIG=$WORK.build/rcuda-config # rc_start writes the configs with it
 if [ "$GPU" = 1 ]; then
 	build workload ./test/e2e/gpu/workload
 	MK=(--file "/workload=$WORK.build/workload" --ldd "$WORK.build/workload" --ldd "$SHIM_DIR/cuda-checkpoint"

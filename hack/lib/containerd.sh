@@ -4,9 +4,14 @@
 # Source it; it defines functions and sets nothing until they are called.
 #
 #   rc_start WORK CONTAINERD CTR SHIM_DIR RUNSC [TOGGLE_TOOL [LIBDIR]]
-#       writes WORK/config.toml and WORK/runsc-cuda.toml, starts containerd
-#       (logging to WORK/containerd.log) and sets RC_PID, RC_CTR (an array:
-#       the ctr command line) and RC_RUNTIME (ctr's --runtime arguments).
+#       writes WORK/config.toml and WORK/runsc-cuda.toml with rcuda-config
+#       (test/e2e/cmd/rcuda-config, in the bundle; $RC_CONFIG, default
+#       SHIM_DIR/rcuda-config), starts containerd (logging to
+#       WORK/containerd.log) and sets RC_PID, RC_CTR (an array: the ctr
+#       command line) and RC_RUNTIME (ctr's --runtime arguments).
+#   rc_shim_config FILE [FLAG...]
+#       writes the shim config rc_start wrote, with more rcuda-config shim
+#       flags (e.g. --runsc-flag debug=true), to FILE.
 #   rc_stop WORK       kills every task, stops containerd, unmounts and
 #                      removes WORK.
 #   rc_wait_line FILE REGEX TIMEOUT_S
@@ -21,25 +26,16 @@ rc_start() {
 	case "$work" in /tmp | /tmp/*) echo "rc_start: $work is under /tmp, where runsc cannot run" >&2; return 2 ;; esac
 	rm -rf "$work"
 	mkdir -p "$work/root" "$work/state" "$work/tmp"
-	cat >"$work/config.toml" <<EOF
-version = 3
-root = "$work/root"
-state = "$work/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.nri.v1.nri"]
-[grpc]
-  address = "$work/c.sock"
-[ttrpc]
-  address = "$work/c.sock.ttrpc"
-EOF
-	{
-		echo "binary_name = \"$runsc\""
-		echo "root = \"$work/runsc\""
-		if [ -n "$tool$libdir" ]; then
-			echo "[cuda]"
-			[ -n "$tool" ] && echo "toggle_tool = \"$tool\""
-			[ -n "$libdir" ] && echo "driver_lib_dir = \"$libdir\""
-		fi
-	} >"$work/runsc-cuda.toml"
+	RC_CONFIG=${RC_CONFIG:-$shimdir/rcuda-config}
+	if [ ! -x "$RC_CONFIG" ]; then
+		echo "rc_start: no $RC_CONFIG: build test/e2e/cmd/rcuda-config (make bundle does) or set RC_CONFIG" >&2
+		return 2
+	fi
+	RC_SHIM_ARGS=(--runsc "$runsc" --root "$work/runsc")
+	if [ -n "$tool" ]; then RC_SHIM_ARGS+=(--toggle-tool "$tool"); fi
+	if [ -n "$libdir" ]; then RC_SHIM_ARGS+=(--driver-lib-dir "$libdir"); fi
+	"$RC_CONFIG" containerd --dir "$work" --out "$work/config.toml" || return 1
+	rc_shim_config "$work/runsc-cuda.toml" || return 1
 	# containerd finds containerd-shim-runsc-cuda-v1 on its PATH; it unpacks
 	# checkpoints into TMPDIR, kept inside WORK.
 	PATH=$shimdir:$PATH TMPDIR=$work/tmp "$containerd" --config "$work/config.toml" >"$work/containerd.log" 2>&1 &
@@ -53,6 +49,12 @@ EOF
 	done
 	echo "containerd did not start; see $work/containerd.log" >&2
 	return 1
+}
+
+rc_shim_config() {
+	local file=$1
+	shift
+	"$RC_CONFIG" shim "${RC_SHIM_ARGS[@]}" "$@" --out "$file"
 }
 
 rc_stop() {

@@ -6,6 +6,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -42,18 +44,28 @@ type criEnv struct {
 
 // newCRIEnv starts a containerd with the CRI (version "" is the default one, or
 // $RCUDA_E2E_CONTAINERD) and a loopback-only CNI network: test pods use the host
-// network namespace. $CRI_E2E_SHIMCONFIG, when set, is TOML merged into the shim's
-// config (to try runsc options); $CRI_E2E_KEEP_LOGS names a directory that keeps
-// containerd's log of each test.
+// network namespace (runPod). $CRI_E2E_SHIMCONFIG, when set, is TOML merged into the
+// shim's config (to try runsc options); $CRI_E2E_KEEP_LOGS names a directory that
+// keeps containerd's log of each test.
 func newCRIEnv(t *testing.T, version, extraConfig string) *criEnv {
 	t.Helper()
-	d := harness.StartContainerd(t, harness.Options{
-		Version:     version,
-		CRI:         true,
-		CNI:         harness.CNILoopback,
-		ExtraConfig: extraConfig,
-		ShimConfig:  os.Getenv("CRI_E2E_SHIMCONFIG"),
-	})
+	return startCRIEnv(t, harness.Options{Version: version, CNI: harness.CNILoopback, ExtraConfig: extraConfig})
+}
+
+// newBridgeCRIEnv is newCRIEnv with the daemon's own CNI bridge (harness.CNIBridge):
+// pods started with runPodOnNetwork get a network namespace and an address on it
+// (podIP) that the test reaches from the host.
+func newBridgeCRIEnv(t *testing.T, version string) *criEnv {
+	t.Helper()
+	return startCRIEnv(t, harness.Options{Version: version, CNI: harness.CNIBridge})
+}
+
+// startCRIEnv starts a daemon with the CRI and opts, and imports the test image.
+func startCRIEnv(t *testing.T, opts harness.Options) *criEnv {
+	t.Helper()
+	opts.CRI = true
+	opts.ShimConfig = os.Getenv("CRI_E2E_SHIMCONFIG")
+	d := harness.StartContainerd(t, opts)
 	if dir := os.Getenv("CRI_E2E_KEEP_LOGS"); dir != "" {
 		// Debugging aid: keep containerd's log after the test.
 		t.Cleanup(func() {
@@ -131,6 +143,24 @@ type pod struct {
 // handler.
 func (e *criEnv) runPod(ctx context.Context, t *testing.T, name string) pod {
 	t.Helper()
+	return e.startPod(ctx, t, name, map[string]any{
+		"security_context": map[string]any{
+			"namespace_options": map[string]any{"network": networkNode},
+		},
+	})
+}
+
+// runPodOnNetwork runs a pod sandbox with the runsc-cuda runtime handler in a network
+// namespace of its own, which the CRI attaches to the daemon's CNI network (an
+// environment from newBridgeCRIEnv); podIP gives its address.
+func (e *criEnv) runPodOnNetwork(ctx context.Context, t *testing.T, name string) pod {
+	t.Helper()
+	return e.startPod(ctx, t, name, map[string]any{})
+}
+
+// startPod runs a pod sandbox named name with the pod config's linux section linux.
+func (e *criEnv) startPod(ctx context.Context, t *testing.T, name string, linux map[string]any) pod {
+	t.Helper()
 	logDir := filepath.Join(e.dir, "logs", name)
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		t.Fatal(err)
@@ -144,15 +174,60 @@ func (e *criEnv) runPod(ctx context.Context, t *testing.T, name string) pod {
 		},
 		"hostname":      name,
 		"log_directory": logDir,
-		"linux": map[string]any{
-			"security_context": map[string]any{
-				"namespace_options": map[string]any{"network": networkNode},
-			},
-		},
+		"linux":         linux,
 	})
 	id := e.crictl(ctx, t, "runp", "--runtime", harness.CRIRuntimeHandler, cfg)
 	t.Logf("pod %s: %s", name, id)
 	return pod{ID: id, Name: name, Config: cfg}
+}
+
+// podIP returns the pod's address (.status.network.ip of `crictl inspectp -o json`);
+// it fails the test when the pod has none (a pod in the host network namespace).
+func (e *criEnv) podIP(ctx context.Context, t *testing.T, id string) string {
+	t.Helper()
+	var st struct {
+		Status struct {
+			Network struct {
+				IP string `json:"ip"`
+			} `json:"network"`
+		} `json:"status"`
+	}
+	out := e.crictl(ctx, t, "inspectp", "-o", "json", id)
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("parsing crictl inspectp %s: %v\n%s", id, err, out)
+	}
+	if net.ParseIP(st.Status.Network.IP) == nil {
+		t.Fatalf("pod %s has no IP address (%q)", id, st.Status.Network.IP)
+	}
+	return st.Status.Network.IP
+}
+
+// dialLine connects to addr (host:port) from the test process, retrying until timeout
+// (a pod's listener may come up after its log says so), and returns what the peer
+// sent before closing, trimmed.
+func dialLine(t *testing.T, addr string, timeout time.Duration) string {
+	t.Helper()
+	read := func() (string, error) {
+		conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			return "", err
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		b, err := io.ReadAll(conn)
+		return strings.TrimSpace(string(b)), err
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		line, err := read()
+		if err == nil {
+			return line
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no answer from %s within %v: %v", addr, timeout, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // containerConfig is the CRI container config of a test container.

@@ -9,7 +9,9 @@
 //
 // Test pods share the host network namespace (the CRI attaches no CNI network to them,
 // and runsc gives the sandbox a network namespace of its own with loopback only), with
-// a loopback-only conflist in the CNI conf dir.
+// a loopback-only conflist in the CNI conf dir; those of newBridgeCRIEnv and
+// runPodOnNetwork have their own network namespace on the daemon's CNI bridge
+// (harness.CNIBridge), reachable from the test at their pod IP.
 package cri
 
 import (

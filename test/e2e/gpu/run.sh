@@ -25,9 +25,9 @@
 # Inputs (environment):
 #   BIN   directory with containerd, ctr, runsc, containerd-shim-runsc-cuda-v1,
 #         cuda-checkpoint, workload (test/e2e/gpu/workload), mkimage
-#         (test/e2e/gpu/mkimage), ckptctl (test/e2e/cmd/ckptctl) and
-#         a static busybox; `make gpu-bundle` builds them on any machine with
-#         Go.
+#         (test/e2e/gpu/mkimage), ckptctl (test/e2e/cmd/ckptctl),
+#         rcuda-config (test/e2e/cmd/rcuda-config) and a static busybox;
+#         `make gpu-bundle` builds them on any machine with Go.
 #   OUT   where results and logs go (default ./gpu-results)
 #   GIBS  device memory sizes to run, in GiB (default "1 8"; empty: only the
 #         pre-check, injected-failure and no-CUDA phases)
@@ -348,7 +348,7 @@ if [ "$DRY" != 1 ] && [ "$TORCH" != 0 ] && [ -n "$TORCH_PY" ] &&
 	TCFG=$WORK/runsc-cuda-torch.toml
 	# runsc's debug log (the sandbox's own account of the CUDA toggles) only
 	# for this container.
-	{ cat "$WORK/runsc-cuda.toml"; printf '[runsc_config]\ndebug = "true"\ndebug-log = "%s/"\n' "$WORK/runsc-debug"; } >"$TCFG"
+	rc_shim_config "$TCFG" --runsc-flag debug=true --runsc-flag debug-log="$WORK/runsc-debug/"
 	TRT=(--runtime io.containerd.runsc-cuda.v1 --runtime-config-path "$TCFG")
 	TMOUNTS=(--mount "type=bind,src=$SCRIPT_DIR,dst=/rcuda-test,options=rbind:ro")
 	for d in /usr /lib /lib64 /etc /opt; do

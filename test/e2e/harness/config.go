@@ -1,42 +1,81 @@
 package harness
 
 import (
-	"bytes"
-	"fmt"
-	"os"
+	"path/filepath"
 
-	"github.com/BurntSushi/toml"
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/harness/ctrdconfig"
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/testimage"
 )
 
-// writeTOML writes base merged with the TOML document extra (extra wins; tables merge
-// key by key) to path.
-func writeTOML(path string, base map[string]any, extra string) error {
-	if extra != "" {
-		var over map[string]any
-		if _, err := toml.Decode(extra, &over); err != nil {
-			return fmt.Errorf("parse extra TOML for %s: %w\n%s", path, err, extra)
-		}
-		mergeTOML(base, over)
-	}
-	var buf bytes.Buffer
-	if err := toml.NewEncoder(&buf).Encode(base); err != nil {
-		return fmt.Errorf("encode %s: %w", path, err)
-	}
-	return os.WriteFile(path, buf.Bytes(), 0o644)
-}
-
-// mergeTOML merges over into dst: tables are merged recursively, other values replaced.
-func mergeTOML(dst, over map[string]any) {
-	for k, v := range over {
-		if vm, ok := v.(map[string]any); ok {
-			if dm, ok := dst[k].(map[string]any); ok {
-				mergeTOML(dm, vm)
-				continue
-			}
-		}
-		dst[k] = v
+// shimConfig is the shim's runsc-cuda.toml: runsc and its root, debug logs of the
+// shim and of runsc (one directory per container), Options.ShimConfig merged in.
+func (d *Daemon) shimConfig() ctrdconfig.Shim {
+	return ctrdconfig.Shim{
+		Runsc:    d.Tools.Runsc,
+		Root:     d.RunscRoot,
+		LogLevel: "debug",
+		RunscFlags: map[string]string{
+			"debug-log": d.RunscLogDir + "/",
+			"debug":     "true",
+		},
+		Extra: d.opts.ShimConfig,
 	}
 }
 
-// table is shorthand for a TOML table literal.
-type table = map[string]any
+// containerdConfig is containerd's config.toml: the daemon's own root, state and
+// sockets, debug logging, the CRI when Options.CRI (else its plugins and the pod
+// sandbox controller disabled), Options.ExtraConfig merged in.
+func (d *Daemon) containerdConfig() ctrdconfig.Containerd {
+	cfg := ctrdconfig.Containerd{
+		Root:         d.Root,
+		State:        d.State,
+		Address:      d.Address,
+		TTRPCAddress: d.TTRPCAddress,
+		Imports:      []string{},
+		DebugLevel:   "debug",
+		Extra:        d.opts.ExtraConfig,
+	}
+	if d.opts.CRI {
+		cfg.CRI = d.criConfig()
+	} else {
+		cfg.DisabledPlugins = []string{ctrdconfig.PodSandboxPlugin}
+	}
+	return cfg
+}
+
+// criConfig is the CRI of Options.CRI: our shim as the default runtime handler
+// (CRIRuntimeHandler), containerd's runc shim with runsc as CRIRuncRunscHandler, the
+// test image as the pinned sandbox image, and the daemon's CNI configuration.
+func (d *Daemon) criConfig() *ctrdconfig.CRI {
+	return &ctrdconfig.CRI{
+		Snapshotter:    d.Snapshotter,
+		SandboxImage:   testimage.Ref,
+		DefaultRuntime: CRIRuntimeHandler,
+		Runtimes: map[string]ctrdconfig.Runtime{
+			CRIRuntimeHandler: {
+				Type:    RuntimeName,
+				Options: map[string]any{"ConfigPath": d.ShimConfigPath},
+			},
+			CRIRuncRunscHandler: {
+				Type:    RuncRuntimeName,
+				Options: map[string]any{"BinaryName": d.Tools.Runsc, "Root": d.RuncRunscRoot},
+			},
+		},
+		CNIBinDir:  d.Tools.CNIBinDir,
+		CNIConfDir: filepath.Join(d.Dir, "cni"),
+		// The bridge's pods: their network namespaces in the daemon's directory, so the
+		// cleanup finds them.
+		NetNSUnderState: d.opts.CNI == CNIBridge,
+	}
+}
+
+func (d *Daemon) writeShimConfig() error { return d.shimConfig().Write(d.ShimConfigPath) }
+
+func (d *Daemon) writeConfig() error {
+	if d.opts.CRI {
+		if err := d.writeCNIConfig(); err != nil {
+			return err
+		}
+	}
+	return d.containerdConfig().Write(d.ConfigPath)
+}

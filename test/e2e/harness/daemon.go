@@ -6,11 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,16 +16,9 @@ import (
 	"testing"
 	"time"
 
-	runcoptions "github.com/containerd/containerd/api/types/runc/options"
-	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/defaults"
-	"github.com/containerd/containerd/v2/pkg/cio"
-	"github.com/containerd/containerd/v2/pkg/namespaces"
-	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
-
-	"github.com/runsc-cuda/containerd-shim-runsc-cuda/test/e2e/testimage"
 )
 
 const (
@@ -74,7 +65,11 @@ type Options struct {
 	// is a loopback-only conflist, enough for pods in the host network namespace
 	// (linux.security_context.namespace_options.network = NODE), which the CRI does not
 	// attach to CNI; a pod with its own network namespace fails on it with "failed to
-	// find network info for sandbox".
+	// find network info for sandbox". CNIBridge is a Linux bridge per daemon with a /24
+	// of 10.88.0.0/16 no other daemon or host network uses (Daemon.Bridge,
+	// Daemon.PodSubnet): pods with their own network namespace get an address on it
+	// that the host (the test) reaches; the bridge, the pods' veth pairs and network
+	// namespaces (kept under the daemon's state directory) go with the cleanup.
 	CNI string
 }
 
@@ -82,6 +77,7 @@ type Options struct {
 const (
 	CNIPtp      = "ptp"
 	CNILoopback = "loopback"
+	CNIBridge   = "bridge"
 )
 
 // Daemon is a private containerd started for one test. Its fields are read-only.
@@ -103,6 +99,12 @@ type Daemon struct {
 	RunscLogDir    string // runsc debug logs of our shim
 	RuncRunscRoot  string // runsc --root when run by containerd's runc shim
 
+	// With Options.CNI = CNIBridge: the pods' bridge, the subnet of their addresses
+	// and the host's address on the bridge; empty otherwise.
+	Bridge        string
+	PodSubnet     string // e.g. 10.88.7.0/24
+	BridgeAddress string // e.g. 10.88.7.1
+
 	Tools      ToolSet
 	Shim       ShimBinaries    // zero with Options.WithoutShim
 	Containerd ContainerdTools // this daemon's containerd and ctr binaries
@@ -110,6 +112,8 @@ type Daemon struct {
 	t    testing.TB
 	opts Options
 	env  []string
+
+	bridge *bridgeNet // Options.CNI = CNIBridge
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -249,29 +253,6 @@ func makeDaemonDir(base string) (string, error) {
 	return "", fmt.Errorf("could not create a unique directory under %s", base)
 }
 
-// reapStaleDirs cleans up daemon directories whose test binary is gone (a killed or
-// timed-out `go test` does not run its cleanups).
-func reapStaleDirs(t testing.TB, base string) {
-	entries, _ := os.ReadDir(base)
-	for _, e := range entries {
-		if !e.IsDir() || len(e.Name()) != 8 {
-			continue
-		}
-		dir := filepath.Join(base, e.Name())
-		raw, err := os.ReadFile(filepath.Join(dir, "owner"))
-		if err != nil {
-			continue // being created, or not ours
-		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
-		if err != nil || processAlive(pid) {
-			continue
-		}
-		killed, unmounted, err := cleanupDir(dir)
-		t.Logf("reaped stale e2e directory %s of exited test process %d: killed %d processes, unmounted %d mounts, err %v",
-			dir, pid, len(killed), len(unmounted), err)
-	}
-}
-
 // chooseSnapshotter returns overlayfs when an overlay mount works under dir, else
 // native (which copies layers, slower but works on any filesystem).
 func chooseSnapshotter(dir string) string {
@@ -316,158 +297,6 @@ func (d *Daemon) daemonEnv() []string {
 		}
 	}
 	return env
-}
-
-func (d *Daemon) writeShimConfig() error {
-	return writeTOML(d.ShimConfigPath, table{
-		"binary_name": d.Tools.Runsc,
-		"root":        d.RunscRoot,
-		"log_level":   "debug",
-		"runsc_config": table{
-			"debug-log": d.RunscLogDir + "/",
-			"debug":     "true",
-		},
-	}, d.opts.ShimConfig)
-}
-
-func (d *Daemon) writeConfig() error {
-	cfg := table{
-		"version":          3, // containerd 2.4 migrates it to 4; 2.3 reads it natively
-		"root":             d.Root,
-		"state":            d.State,
-		"imports":          []string{},
-		"disabled_plugins": []string{"io.containerd.nri.v1.nri"}, // its socket is host-global
-		"grpc":             table{"address": d.Address},
-		"ttrpc":            table{"address": d.TTRPCAddress},
-		"debug":            table{"level": "debug"},
-		"plugins":          table{},
-	}
-	if d.opts.CRI {
-		cfg["plugins"] = d.criConfig()
-		if err := d.writeCNIConfig(); err != nil {
-			return err
-		}
-	} else {
-		cfg["disabled_plugins"] = append(cfg["disabled_plugins"].([]string),
-			"io.containerd.grpc.v1.cri",
-			"io.containerd.cri.v1.images",
-			"io.containerd.cri.v1.runtime",
-			"io.containerd.podsandbox.controller.v1.podsandbox",
-		)
-	}
-	return writeTOML(d.ConfigPath, cfg, d.opts.ExtraConfig)
-}
-
-func (d *Daemon) criConfig() table {
-	return table{
-		"io.containerd.cri.v1.images": table{
-			"snapshotter":   d.Snapshotter,
-			"pinned_images": table{"sandbox": testimage.Ref},
-		},
-		"io.containerd.cri.v1.runtime": table{
-			// runsc cannot lower oom_score_adj without CAP_SYS_RESOURCE.
-			"restrict_oom_score_adj": true,
-			"containerd": table{
-				"default_runtime_name": CRIRuntimeHandler,
-				"runtimes": table{
-					CRIRuntimeHandler: table{
-						"runtime_type": RuntimeName,
-						"options":      table{"ConfigPath": d.ShimConfigPath},
-					},
-					CRIRuncRunscHandler: table{
-						"runtime_type": RuncRuntimeName,
-						"options":      table{"BinaryName": d.Tools.Runsc, "Root": d.RuncRunscRoot},
-					},
-				},
-			},
-			"cni": table{
-				"bin_dirs": []string{d.Tools.CNIBinDir},
-				"conf_dir": filepath.Join(d.Dir, "cni"),
-			},
-		},
-		"io.containerd.grpc.v1.cri": table{
-			"stream_server_address": "127.0.0.1",
-			"stream_server_port":    "0",
-		},
-	}
-}
-
-// writeCNIConfig writes the pods' CNI network (Options.CNI) and crictl's config. The
-// default is a ptp network (CRI needs a plugin that yields an IP address for a pod
-// with its own network namespace; loopback alone fails with "failed to find network
-// info for sandbox"). Each daemon gets its own network name, /24 subnet and IPAM data
-// directory, and no IP masquerading, so nothing host-global but the pods' veth pairs
-// is touched. CNILoopback writes a loopback-only conflist, for host-network pods.
-func (d *Daemon) writeCNIConfig() error {
-	dir := filepath.Join(d.Dir, "cni")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	id := filepath.Base(d.Dir) // 8 hex digits
-	var conf string
-	switch d.opts.CNI {
-	case "", CNIPtp:
-		var err error
-		if conf, err = ptpConflist(id, filepath.Join(d.Dir, "cni-ipam")); err != nil {
-			return err
-		}
-	case CNILoopback:
-		conf = fmt.Sprintf(`{
-  "cniVersion": "1.0.0",
-  "name": "rcuda-lo-%s",
-  "plugins": [{"type": "loopback"}]
-}
-`, id)
-	default:
-		return fmt.Errorf("harness: unknown Options.CNI %q (want %q or %q)", d.opts.CNI, CNIPtp, CNILoopback)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "10-rcuda.conflist"), []byte(conf), 0o644); err != nil {
-		return err
-	}
-	crictl := fmt.Sprintf("runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 60\n", d.Address, d.Address)
-	return os.WriteFile(d.CrictlConfigPath(), []byte(crictl), 0o644)
-}
-
-// ptpConflist returns the ptp network of the daemon with id (8 hex digits): its own
-// network name, /24 subnet and IPAM data directory.
-func ptpConflist(id, ipamDir string) (string, error) {
-	b, err := hex.DecodeString(id[:4])
-	if err != nil {
-		return "", err
-	}
-	return fmt.Sprintf(`{
-  "cniVersion": "1.0.0",
-  "name": "rcuda-%s",
-  "plugins": [{
-    "type": "ptp",
-    "ipMasq": false,
-    "ipam": {"type": "host-local", "subnet": "10.%d.%d.0/24", "dataDir": %q}
-  }]
-}
-`, id, 200+int(b[0])%50, b[1], ipamDir), nil
-}
-
-// CrictlConfigPath is crictl's config for this daemon (endpoints, a 60 s timeout: the
-// default 2 s is too short for sandbox starts); written when CRI is enabled.
-func (d *Daemon) CrictlConfigPath() string { return filepath.Join(d.Dir, "crictl.yaml") }
-
-// Crictl runs crictl against this daemon's CRI and returns its output. Without a
-// deadline on ctx it is killed after 2 minutes. It needs Options.CRI.
-func (d *Daemon) Crictl(ctx context.Context, args ...string) (stdout, stderr string, err error) {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 2*time.Minute)
-		defer cancel()
-	}
-	cmd := exec.CommandContext(ctx, d.Tools.Crictl, append([]string{"--config", d.CrictlConfigPath()}, args...)...)
-	cmd.Env = d.env
-	cmd.WaitDelay = 5 * time.Second
-	var outb, errb strings.Builder
-	cmd.Stdout, cmd.Stderr = &outb, &errb
-	if err := cmd.Run(); err != nil {
-		return outb.String(), errb.String(), fmt.Errorf("crictl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
-	}
-	return outb.String(), errb.String(), nil
 }
 
 // start starts containerd and waits until it serves requests.
@@ -599,287 +428,4 @@ func (d *Daemon) Logs() string {
 		return fmt.Sprintf("(cannot read %s: %v)", d.LogPath, err)
 	}
 	return string(b)
-}
-
-// RuntimeOpts selects the project's shim with its TOML options, for NewContainer.
-func (d *Daemon) RuntimeOpts() containerd.NewContainerOpts {
-	return containerd.WithRuntime(d.RuntimeName, &runtimeoptions.Options{ConfigPath: d.ShimConfigPath})
-}
-
-// RuncRunscOpts selects containerd's runc shim with runsc as its binary (a reference
-// runtime, not the product), for NewContainer.
-func (d *Daemon) RuncRunscOpts() containerd.NewContainerOpts {
-	return containerd.WithRuntime(RuncRuntimeName, &runcoptions.Options{BinaryName: d.Tools.Runsc, Root: d.RuncRunscRoot})
-}
-
-// CtrRuntimeArgs are the `ctr run`/`ctr create` flags that select the project's shim.
-func (d *Daemon) CtrRuntimeArgs() []string {
-	return []string{"--runtime", d.RuntimeName, "--runtime-config-path", d.ShimConfigPath}
-}
-
-// CtrCmd returns a ctr command for this daemon and namespace, for tests that need
-// their own stdin/stdout. ctx should carry a deadline: ctr forwards the signals it
-// receives to the task, so it is stopped with SIGKILL when ctx ends.
-func (d *Daemon) CtrCmd(ctx context.Context, args ...string) *exec.Cmd {
-	full := append([]string{"--address", d.Address, "--namespace", d.Namespace}, args...)
-	cmd := exec.CommandContext(ctx, d.Containerd.Ctr, full...)
-	cmd.Env = d.env
-	cmd.WaitDelay = 5 * time.Second
-	return cmd
-}
-
-// Ctr runs ctr against this daemon and namespace and returns its output. Without a
-// deadline on ctx it is killed (SIGKILL) after 2 minutes.
-func (d *Daemon) Ctr(ctx context.Context, args ...string) (stdout, stderr string, err error) {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 2*time.Minute)
-		defer cancel()
-	}
-	cmd := d.CtrCmd(ctx, args...)
-	var outb, errb strings.Builder
-	cmd.Stdout, cmd.Stderr = &outb, &errb
-	err = cmd.Run()
-	if ctx.Err() != nil {
-		err = fmt.Errorf("%w (killed: %v)", err, ctx.Err())
-	}
-	if err != nil {
-		err = fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
-	}
-	return outb.String(), errb.String(), err
-}
-
-// IO returns a cio.Creator that streams the task's stdio to the given reader and
-// writers (any may be nil), with its FIFOs under the daemon's Dir instead of the
-// host-global /run/containerd/fifo.
-func (d *Daemon) IO(stdin io.Reader, stdout, stderr io.Writer, opts ...cio.Opt) cio.Creator {
-	opts = append([]cio.Opt{cio.WithStreams(stdin, stdout, stderr), cio.WithFIFODir(filepath.Join(d.Dir, "fifo"))}, opts...)
-	return cio.NewCreator(opts...)
-}
-
-// ImportTestImage builds (cached) and imports the test image into the daemon's
-// namespace, and into the CRI namespace when CRI is enabled, and returns its reference.
-func (d *Daemon) ImportTestImage(t testing.TB) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	base, err := BaseDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tarPath, ref, err := testimage.BuildWithBusybox(ctx, filepath.Join(base, "image-cache"), d.Tools.Busybox)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ns := range d.namespaces() {
-		if _, err := testimage.Import(namespaces.WithNamespace(ctx, ns), d.client, tarPath); err != nil {
-			t.Fatalf("import test image into namespace %s: %v", ns, err)
-		}
-	}
-	return ref
-}
-
-// Processes returns the live processes that belong to this daemon (containerd, shims,
-// runsc), found by their command line or working directory naming the daemon's Dir.
-func (d *Daemon) Processes() ([]Process, error) { return processesReferencing(d.Dir) }
-
-// Mounts returns the mount points under the daemon's Dir, deepest first, except
-// runsc's null-netns pins: runsc bind-mounts an empty network namespace for its gofers
-// at <runsc root>/null-netns and keeps it for the life of that root directory, so it
-// is no container's leftover (the cleanup unmounts it).
-func (d *Daemon) Mounts() ([]string, error) {
-	all, err := mountsUnder(d.Dir)
-	if err != nil {
-		return nil, err
-	}
-	var mounts []string
-	for _, m := range all {
-		if filepath.Base(m) == runscNullNetNS && (strings.HasPrefix(m, d.RunscRoot+"/") || strings.HasPrefix(m, d.RuncRunscRoot+"/")) {
-			continue
-		}
-		mounts = append(mounts, m)
-	}
-	return mounts, nil
-}
-
-// runscNullNetNS is the file under a runsc root (--root, or its per-namespace
-// subdirectory under containerd's runc shim) where runsc pins its gofers' empty
-// network namespace (gvisor runsc/specutils.NullNetNSFilename).
-const runscNullNetNS = "null-netns"
-
-// cleanup tears everything of the daemon down; see StartContainerd.
-func (d *Daemon) cleanup() {
-	t := d.t
-	if t.Failed() {
-		d.logDiagnostics()
-	}
-	if d.Running() && d.client != nil {
-		d.deleteAll()
-	}
-	if err := d.Stop(); err != nil {
-		t.Errorf("cleanup: %v", err)
-	}
-	if d.client != nil {
-		_ = d.client.Close()
-	}
-	killed, unmounted, err := cleanupDir(d.Dir)
-	if len(killed) > 0 {
-		t.Logf("cleanup: killed leftover processes of %s:\n%s", d.Dir, joinProcesses(killed))
-	}
-	var unexpected []string
-	for _, m := range unmounted {
-		if filepath.Base(m) != runscNullNetNS {
-			unexpected = append(unexpected, m)
-		}
-	}
-	if len(unexpected) > 0 {
-		t.Logf("cleanup: unmounted leftovers %v", unexpected)
-	}
-	if err != nil {
-		t.Errorf("cleanup of %s: %v", d.Dir, err)
-	}
-}
-
-// deleteAll kills and deletes every task and container in every namespace.
-func (d *Daemon) deleteAll() {
-	t := d.t
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	nss, err := d.client.NamespaceService().List(ctx)
-	if err != nil {
-		t.Logf("cleanup: list namespaces: %v", err)
-		return
-	}
-	for _, ns := range nss {
-		nsctx := namespaces.WithNamespace(ctx, ns)
-		containers, err := d.client.Containers(nsctx)
-		if err != nil {
-			t.Logf("cleanup: list containers in %s: %v", ns, err)
-			continue
-		}
-		for _, c := range containers {
-			if err := deleteContainer(nsctx, c); err != nil {
-				t.Logf("cleanup: %s/%s: %v", ns, c.ID(), err)
-			}
-		}
-	}
-}
-
-// deleteContainer kills the container's task, deletes it, and deletes the container
-// with its snapshot; each step is bounded. The task is deleted without
-// containerd.WithProcessKill once it has exited: that option sends `kill --all`, which
-// runsc rejects for a stopped sandbox ("sandbox is not running"), failing the delete.
-func deleteContainer(ctx context.Context, c containerd.Container) error {
-	step := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, 15*time.Second) }
-	var errs []error
-	sctx, cancel := step()
-	task, err := c.Task(sctx, nil)
-	cancel()
-	if err == nil {
-		exited := false
-		sctx, cancel := step()
-		if statusC, err := task.Wait(sctx); err == nil {
-			if err := task.Kill(sctx, syscall.SIGKILL); err == nil || errdefs.IsNotFound(err) {
-				select {
-				case <-statusC:
-					exited = true
-				case <-sctx.Done():
-				}
-			}
-		}
-		cancel()
-		var opts []containerd.ProcessDeleteOpts
-		if !exited {
-			opts = append(opts, containerd.WithProcessKill)
-		}
-		sctx, cancel = step()
-		if _, err := task.Delete(sctx, opts...); err != nil {
-			errs = append(errs, fmt.Errorf("delete task: %w", err))
-		}
-		cancel()
-	}
-	sctx, cancel = step()
-	defer cancel()
-	if err := c.Delete(sctx, containerd.WithSnapshotCleanup); err != nil {
-		errs = append(errs, fmt.Errorf("delete container: %w", err))
-	}
-	return errors.Join(errs...)
-}
-
-// logDiagnostics logs the tails of containerd's log and of the newest runsc logs.
-func (d *Daemon) logDiagnostics() {
-	t := d.t
-	t.Logf("containerd %s log (%s), last lines:\n%s", d.Version, d.LogPath, tail(d.Logs(), 80))
-	var logs []string
-	for _, dir := range []string{d.RunscLogDir, d.State} {
-		_ = filepath.WalkDir(dir, func(path string, e os.DirEntry, err error) error {
-			if err == nil && !e.IsDir() && (strings.HasSuffix(path, ".txt") || strings.HasSuffix(path, ".log") || filepath.Base(path) == "log.json") {
-				logs = append(logs, path)
-			}
-			return nil
-		})
-	}
-	sort.Slice(logs, func(i, j int) bool { return modTime(logs[i]).After(modTime(logs[j])) })
-	for _, p := range logs[:min(len(logs), 6)] {
-		b, err := os.ReadFile(p)
-		if err == nil {
-			t.Logf("%s, last lines:\n%s", p, tail(string(b), 25))
-		}
-	}
-}
-
-func modTime(path string) time.Time {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return time.Time{}
-	}
-	return fi.ModTime()
-}
-
-func joinProcesses(ps []Process) string {
-	s := make([]string, len(ps))
-	for i, p := range ps {
-		s[i] = "  " + p.String()
-	}
-	return strings.Join(s, "\n")
-}
-
-// RunscStates lists runsc's container state files under a namespace's runsc
-// directory nsRoot: the shim gives every sandbox a directory of its own
-// (nsRoot/<sandbox id>), in which runsc keeps one <id>_sandbox:<id>.state
-// file per container.
-func RunscStates(nsRoot string) ([]string, error) {
-	var out []string
-	for _, pattern := range []string{"*.state", "*/*.state"} {
-		m, err := filepath.Glob(filepath.Join(nsRoot, pattern))
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, m...)
-	}
-	return out, nil
-}
-
-// RunscLeftovers lists what runsc or the shim left under nsRoot once no
-// container exists: state files and sandbox directories (the shim removes a
-// sandbox's directory with its last container). runsc's null-netns pin and
-// its lock files stay for the life of the directory and are not listed.
-func RunscLeftovers(nsRoot string) ([]string, error) {
-	out, err := RunscStates(nsRoot)
-	if err != nil {
-		return nil, err
-	}
-	entries, err := os.ReadDir(nsRoot)
-	if errors.Is(err, os.ErrNotExist) {
-		return out, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	for _, e := range entries {
-		if e.IsDir() {
-			out = append(out, "sandbox directory "+filepath.Join(nsRoot, e.Name()))
-		}
-	}
-	return out, nil
 }

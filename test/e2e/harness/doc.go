@@ -25,4 +25,9 @@
 // its sandbox covers with a tmpfs; ctr forwards signals to tasks, so it is stopped with
 // SIGKILL; and runsc keeps a bind mount of an empty network namespace at
 // <runsc root>/null-netns for the life of its root directory.
+//
+// Host-global state a daemon adds and its cleanup removes: with Options.CNI = CNIBridge,
+// its bridge (rcbr-<id>), the pods' veth pairs, libcni's cache entries of its pods
+// (/var/lib/cni/results) and a claim on one /24 of 10.88.0.0/16 (a flock under
+// /run/rcuda-e2e/cni-bridge).
 package harness

@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -8,8 +9,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/BurntSushi/toml"
 )
 
 func TestParseToolEnv(t *testing.T) {
@@ -65,32 +64,6 @@ func TestToolsScriptEnv(t *testing.T) {
 	}
 	if ts.Dir == "" || len(ts.Containerd) == 0 {
 		t.Fatalf("Tools() returned no paths: %+v (%v)", ts, err)
-	}
-}
-
-func TestMergeTOML(t *testing.T) {
-	base := table{
-		"binary_name":  "/runsc",
-		"runsc_config": table{"debug": "true", "debug-log": "/logs/"},
-	}
-	path := filepath.Join(t.TempDir(), "x.toml")
-	if err := writeTOML(path, base, "log_level = \"info\"\n[runsc_config]\nnvproxy = \"true\"\ndebug = \"false\"\n"); err != nil {
-		t.Fatal(err)
-	}
-	var got map[string]any
-	if _, err := toml.DecodeFile(path, &got); err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]any{
-		"binary_name":  "/runsc",
-		"log_level":    "info",
-		"runsc_config": map[string]any{"debug": "false", "debug-log": "/logs/", "nvproxy": "true"},
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("merged config %v, want %v", got, want)
-	}
-	if err := writeTOML(path, table{}, "not toml ="); err == nil {
-		t.Error("bad extra TOML accepted")
 	}
 }
 
@@ -204,5 +177,36 @@ func TestShimSockets(t *testing.T) {
 	}
 	if ShimSockets(Process{Cmdline: []string{"runsc", "--root=/x"}}) != nil {
 		t.Error("a non-shim process has shim sockets")
+	}
+}
+
+func TestOverlaps(t *testing.T) {
+	cidr := func(s string) *net.IPNet {
+		ip, n, err := net.ParseCIDR(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.IP = ip // as an interface address: host bits set
+		return n
+	}
+	for _, c := range []struct {
+		a, b string
+		want bool
+	}{
+		{"10.88.7.0/24", "10.88.7.1/24", true},
+		{"10.88.7.0/24", "10.88.0.0/16", true},
+		{"10.88.7.0/24", "10.88.8.1/24", false},
+		{"10.88.7.0/24", "192.0.2.2/24", false},
+	} {
+		if got := overlaps(cidr(c.a), cidr(c.b)); got != c.want {
+			t.Errorf("overlaps(%s, %s) = %v", c.a, c.b, got)
+		}
+	}
+	routes, err := ipv4Routes()
+	if err != nil || len(routes) == 0 {
+		t.Fatalf("routes %v, %v", routes, err)
+	}
+	if dev, err := RouteDevice(routes[len(routes)-1].dst.String()); err != nil || dev != routes[len(routes)-1].dev {
+		t.Errorf("RouteDevice(%s) = %q, %v; want %q", routes[len(routes)-1].dst, dev, err, routes[len(routes)-1].dev)
 	}
 }

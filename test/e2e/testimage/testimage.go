@@ -56,7 +56,7 @@ const (
 
 	// formatVersion changes whenever this file changes the image layout, so cached
 	// tars from an older builder are not reused.
-	formatVersion = "rcuda-testimage/1"
+	formatVersion = "rcuda-testimage/2"
 )
 
 // Applets returns the busybox applets linked in /bin.
@@ -64,7 +64,7 @@ func Applets() []string {
 	return []string{
 		"sh", "ls", "cat", "echo", "sleep", "mkdir", "rm", "touch", "sync", "head", "tail",
 		"grep", "wc", "dd", "sha256sum", "ps", "kill", "true", "false", "env", "mount", "df",
-		"printf", "seq", "date", "stat", "find",
+		"printf", "seq", "date", "stat", "find", "nc",
 	}
 }
 
