@@ -273,7 +273,7 @@ class Bench:
             gpu = meta.get("gpu") or {}
             self.record(size, "checkpoint-exit", "shim-rpc", "none", it, ms=r["rpc_ms"], shim_runsc_ms=tm.get("runsc"),
                         shim_total_ms=tm.get("total"), shim_gpu_discovery_ms=tm.get("gpu_discovery"),
-                        released_after_exit=gpu.get("releasedAfterExit"), image_bytes=dir_bytes(img))
+                        released_after_exit=gpu.get("released_after_exit"), image_bytes=dir_bytes(img))
         except BenchError as e:
             self.error("%s shim exit checkpoint" % label, e)
         self.shim.kill(sid)
