@@ -198,6 +198,12 @@ func (c *container) metadata(ctx context.Context, req checkpointRequest, opts ru
 // afterwards is this checkpoint's, so a failure can remove it all, and an
 // existing checkpoint is never overwritten.
 func emptyImageDir(dir string) error {
+	if fi, err := os.Lstat(dir); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+		target, _ := os.Readlink(dir)
+		if _, err := os.Stat(dir); err != nil {
+			return fmt.Errorf("%w: checkpoint path %s is a symbolic link to %s, which does not exist; give a directory, or create the link's target", errdefs.ErrInvalidArgument, dir, target)
+		}
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("creating checkpoint directory: %w", err)
 	}

@@ -118,6 +118,10 @@ func newContainer(ctx context.Context, sh *shared, r *taskAPI.CreateTaskRequest)
 				return nil, nil, err
 			}
 		}
+		if reassignCgroup(spec, c.restore.meta.ContainerID, r.ID) {
+			changed = true
+			log.G(ctx).WithField("cgroup", spec.Linux.CgroupsPath).Info("restored under a new id: a cgroup of its own")
+		}
 	}
 	if changed {
 		if err := b.writeSpec(spec); err != nil {
@@ -154,7 +158,15 @@ func newContainer(ctx context.Context, sh *shared, r *taskAPI.CreateTaskRequest)
 		Subcontainer: subcontainer(spec),
 		Restore:      restore,
 	})
+	cgroup := ""
+	if spec.Linux != nil && !cgroupExists(spec.Linux.CgroupsPath) {
+		cgroup = spec.Linux.CgroupsPath
+	}
 	if err := c.init.Create(ctx); err != nil {
+		if cgroup != "" {
+			// runsc makes the cgroup before it fails, and leaves it.
+			removeCgroup(ctx, cgroup)
+		}
 		return nil, nil, fmt.Errorf("creating container %s: %w", r.ID, err)
 	}
 	if !subcontainer(spec) && cfg.netstack() {

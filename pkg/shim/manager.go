@@ -206,6 +206,7 @@ func (m *Manager) Stop(ctx context.Context, id string) (cdshim.StopStatus, error
 		log.G(ctx).WithError(err).Warn("removing the container from runsc")
 	}
 	removeRunscRoot(ctx, root)
+	removeNamespaceRoot(ctx, filepath.Dir(root))
 	removeInterruptedCheckpoint(ctx, b)
 	// A shim that was killed could not remove its socket; nobody answers on
 	// it any more (a pod's shim that still serves others keeps it).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -104,13 +105,28 @@ func (sb *sandbox) start(ctx context.Context, c *container) error {
 	case r.meta.Pod != nil:
 		// checkPodRestore saw to it that c is a pod's container.
 		if err := sb.replace(ctx, c); err != nil {
-			return err
+			return fmt.Errorf("%w%s", err, damagedImageHint(err, c.config))
 		}
 	default:
 		if err := c.init.Start(ctx); err != nil {
-			return err
+			return fmt.Errorf("%w%s", err, damagedImageHint(err, c.config))
 		}
 	}
 	c.gpu.restored(ctx, c.id, c.init.Pid(), r.meta.GPU)
 	return nil
+}
+
+// damagedImageHint explains runsc's bare "EOF" (or a decoding error) of a
+// restore: its image is damaged or incomplete where the metadata's sizes do
+// not tell (they are checked first).
+func damagedImageHint(err error, cfg *Config) string {
+	m := err.Error()
+	if !strings.Contains(m, "EOF") && !strings.Contains(m, "decoding") && !strings.Contains(m, "checksum") {
+		return ""
+	}
+	hint := "; the checkpoint image is damaged (runsc could not read the state it holds): checkpoint the container again"
+	if !cfg.Checkpoint.Verify {
+		hint += ", and set checkpoint.verify = true to have damaged images refused before a restore starts"
+	}
+	return hint
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -102,6 +103,7 @@ func (r *sandboxes) discard(ctx context.Context, sb *sandbox) {
 	}
 	delete(r.m, sb.id)
 	removeRunscRoot(ctx, sb.root)
+	removeNamespaceRoot(ctx, filepath.Dir(sb.root))
 }
 
 // removeRunscRoot removes a sandbox's runsc state directory once runsc

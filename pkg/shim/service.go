@@ -432,6 +432,7 @@ func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	withHostLimits(st, c.init.Pid())
 	any, err := metricsFromStats(st, cgroups.Mode() == cgroups.Unified)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)

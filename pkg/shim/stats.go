@@ -3,13 +3,75 @@ package shim
 import (
 	"encoding/json"
 
+	"github.com/containerd/cgroups/v3"
+	"github.com/containerd/cgroups/v3/cgroup1"
 	cgroup1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
+	cgroupsv2 "github.com/containerd/cgroups/v3/cgroup2"
 	cgroup2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	"github.com/containerd/console"
 	runc "github.com/containerd/go-runc"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/anypb"
 )
+
+// withHostLimits fills in the memory and pids limits runsc leaves at 0 (the
+// sandbox does not see them) from the cgroup of the sandbox process pid on
+// the host, where runsc applied the spec's limits.
+func withHostLimits(st *runc.Stats, pid int) {
+	mem, pids, ok := hostLimits(pid)
+	if !ok {
+		return
+	}
+	if st.Memory.Usage.Limit == 0 {
+		st.Memory.Usage.Limit = mem
+	}
+	if st.Pids.Limit == 0 {
+		st.Pids.Limit = pids
+	}
+}
+
+// hostLimits reads the memory and pids limits of pid's cgroup (0 for none).
+func hostLimits(pid int) (mem, pids uint64, ok bool) {
+	if pid <= 0 {
+		return 0, 0, false
+	}
+	if cgroups.Mode() == cgroups.Unified {
+		g, err := cgroupsv2.PidGroupPath(pid)
+		if err != nil {
+			return 0, 0, false
+		}
+		m, err := cgroupsv2.Load(g)
+		if err != nil {
+			return 0, 0, false
+		}
+		st, err := m.Stat()
+		if err != nil {
+			return 0, 0, false
+		}
+		if st.Memory != nil {
+			mem = st.Memory.UsageLimit
+		}
+		if st.Pids != nil {
+			pids = st.Pids.Limit
+		}
+		return mem, pids, true
+	}
+	cg, err := cgroup1.Load(cgroup1.PidPath(pid), cgroup1.WithHiearchy(cgroup1.Default))
+	if err != nil {
+		return 0, 0, false
+	}
+	st, err := cg.Stat(cgroup1.IgnoreNotExist)
+	if err != nil {
+		return 0, 0, false
+	}
+	if st.Memory != nil && st.Memory.Usage != nil {
+		mem = st.Memory.Usage.Limit
+	}
+	if st.Pids != nil {
+		pids = st.Pids.Limit
+	}
+	return mem, pids, true
+}
 
 // metricsFromStats converts the sandbox's stats (`runsc events --stats`,
 // runc's format) into the cgroup metrics containerd expects from a shim on

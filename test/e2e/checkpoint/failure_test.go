@@ -157,7 +157,7 @@ func TestRestoreBrokenImage(t *testing.T) {
 		{"no-metadata", func(t *testing.T, dir string) { remove(t, filepath.Join(dir, ckpt.MetadataFile)) }, true, "not a complete"},
 		{"missing-file", func(t *testing.T, dir string) { remove(t, filepath.Join(dir, "pages_meta.img")) }, true, "pages_meta.img is missing"},
 		{"truncated-pages", func(t *testing.T, dir string) { truncateHalf(t, filepath.Join(dir, "pages.img")) }, true, "pages.img is"},
-		{"corrupt-state", func(t *testing.T, dir string) { ckenv.Scribble(t, filepath.Join(dir, "checkpoint.img")) }, false, "runsc restore exited"},
+		{"corrupt-state", func(t *testing.T, dir string) { ckenv.Scribble(t, filepath.Join(dir, "checkpoint.img")) }, false, "the checkpoint image is damaged"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			check := func(t *testing.T, err error) {

@@ -103,6 +103,40 @@ func (n *nerdctl) checkReachesGateway(name string) {
 	n.e.T.Logf("the container reached %s (the bridge's address)", url)
 }
 
+// checkLoopback fails unless the container has a working loopback: lo with
+// 127.0.0.1, and its own HTTP server answering there (runsc gives the sandbox only
+// the interfaces that are up; nerdctl leaves lo down, the shim brings it up).
+func (n *nerdctl) checkLoopback(name, hostname string) {
+	n.e.T.Helper()
+	if out := n.must("exec", name, "/bin/busybox", "ip", "-4", "-o", "addr", "show", "lo"); !strings.Contains(out, "inet 127.0.0.1/8") {
+		n.e.T.Fatalf("lo of %s has no 127.0.0.1/8:\n%s", name, out)
+	}
+	deadline := time.Now().Add(lineTimeout)
+	for {
+		out, err := n.run("exec", name, "/bin/busybox", "wget", "-q", "-O", "-", "http://127.0.0.1:8080/")
+		if err == nil && strings.TrimSpace(out) == hostname {
+			return
+		}
+		if time.Now().After(deadline) {
+			n.e.T.Fatalf("the container's own server does not answer on 127.0.0.1: %q, %v", out, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestNerdctlNoNetworkLoopback: with `--network none` a container still has a
+// working loopback, as under runc.
+func TestNerdctlNoNetworkLoopback(t *testing.T) {
+	e := setup(t, harness.Options{})
+	n := e.newNerdctl()
+	name := harness.RandomID("lo")
+	id := n.runDetached(append([]string{"--name", name, "--hostname", name, "--network", "none", "--runtime", e.D.RuntimeName, testimage.Ref}, webCounterArgs...)...)
+	n.waitCounts(name, 2)
+	n.checkLoopback(name, name)
+	n.must("rm", "-f", name)
+	e.CheckNoTrace(id)
+}
+
 // TestNerdctlDefaultNetwork runs a container under the shim on nerdctl's default
 // network, as `nerdctl run` does without --network: the "bridge" network nerdctl
 // creates on first use (bridge nerdctl0, 10.4.0.0/24, the bridge, portmap, firewall and
@@ -127,6 +161,7 @@ func TestNerdctlDefaultNetwork(t *testing.T) {
 	t.Logf("%s is at %s on nerdctl's default network", name, ip)
 	checkServes(t, ip, name)
 	n.checkReachesGateway(name)
+	n.checkLoopback(name, name)
 
 	lo := before[len(before)-1]
 	n.must("checkpoint", "create", name, "ck1")

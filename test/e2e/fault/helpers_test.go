@@ -164,6 +164,9 @@ func (e *env) checkNoLeftovers() {
 		for _, s := range left {
 			problems = append(problems, "runsc "+s)
 		}
+		if _, err := os.Stat(root); err == nil {
+			problems = append(problems, "the namespace's runsc directory "+root)
+		}
 		bundles, _ := os.ReadDir(filepath.Join(e.D.State, "io.containerd.runtime.v2.task", e.D.Namespace))
 		for _, b := range bundles {
 			problems = append(problems, "bundle "+b.Name())

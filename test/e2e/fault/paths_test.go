@@ -75,6 +75,25 @@ func TestCheckpointPathsAndPermissions(t *testing.T) {
 		})
 	}
 
+	// A dangling symbolic link as the image path: not a bare "file exists" from
+	// mkdir, but what the path is and what to do.
+	t.Run("dangling-symlink", func(t *testing.T) {
+		e := e.sub(t)
+		link := filepath.Join(e.ImagePathDir("links"), "dangling")
+		if err := os.MkdirAll(filepath.Dir(link), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(filepath.Join(filepath.Dir(link), "nowhere"), link); err != nil {
+			t.Fatal(err)
+		}
+		err := e.checkpointToPath(p, link, false)
+		if err == nil || !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "is a symbolic link to") || !strings.Contains(err.Error(), "does not exist") {
+			t.Fatalf("checkpoint to a dangling link: %v, want InvalidArgument saying the link's target does not exist", err)
+		}
+		t.Logf("refused: %v", err)
+		e.CheckRunning(p)
+	})
+
 	// A directory holding only a subdirectory used to count as empty (only regular
 	// files were counted), and a failed checkpoint then removed everything it had
 	// not listed before: the subdirectory with its contents.

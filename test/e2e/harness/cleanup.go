@@ -52,10 +52,11 @@ func reapStaleDirs(t testing.TB, base string) {
 // runsc), found by their command line or working directory naming the daemon's Dir.
 func (d *Daemon) Processes() ([]Process, error) { return processesReferencing(d.Dir) }
 
-// Mounts returns the mount points under the daemon's Dir, deepest first, except
-// runsc's null-netns pins: runsc bind-mounts an empty network namespace for its gofers
-// at <runsc root>/null-netns and keeps it for the life of that root directory, so it
-// is no container's leftover (the cleanup unmounts it).
+// Mounts returns the mount points under the daemon's Dir, deepest first, except the
+// null-netns pins of containerd's runc shim running runsc: runsc bind-mounts an empty
+// network namespace for its gofers at <runsc root>/null-netns and keeps it for the life
+// of that root directory (the cleanup unmounts it). The project's shim removes its pin
+// with the namespace's last sandbox, so its pins are listed.
 func (d *Daemon) Mounts() ([]string, error) {
 	all, err := mountsUnder(d.Dir)
 	if err != nil {
@@ -63,7 +64,7 @@ func (d *Daemon) Mounts() ([]string, error) {
 	}
 	var mounts []string
 	for _, m := range all {
-		if filepath.Base(m) == runscNullNetNS && (strings.HasPrefix(m, d.RunscRoot+"/") || strings.HasPrefix(m, d.RuncRunscRoot+"/")) {
+		if filepath.Base(m) == runscNullNetNS && strings.HasPrefix(m, d.RuncRunscRoot+"/") {
 			continue
 		}
 		mounts = append(mounts, m)

@@ -134,6 +134,14 @@ func TestCompatBadInput(t *testing.T) {
 			want: []string{"no-such-flag"},
 		},
 		{
+			// runsc makes the container's cgroup, then fails: nothing may stay.
+			name: "unknown-platform",
+			rt: func(t *testing.T) containerd.NewContainerOpts {
+				return runtimeWithConfig(d, writeShimConfig(t, d, "bad-platform.toml", tomlConfig(d, "", map[string]string{"platform": "nosuch"})))
+			},
+			want: []string{"nosuch"},
+		},
+		{
 			name: "terminal-without-spec-terminal",
 			io:   func() cio.Creator { return e.d.IO(nil, harness.NewLineBuffer(), nil, cio.WithTerminal) },
 			want: []string{"terminal=true", "process.terminal is false"},
@@ -152,7 +160,8 @@ func TestCompatBadInput(t *testing.T) {
 			if tc.rt != nil {
 				rt = tc.rt(t)
 			}
-			c := e.newContainer(ctx, t, harness.RandomID("bad"), rt, tc.specOpts, "/workload", "sleep")
+			id := harness.RandomID("bad")
+			c := e.newContainer(ctx, t, id, rt, tc.specOpts, "/workload", "sleep")
 			ioc := e.d.IO(nil, nil, nil)
 			if tc.io != nil {
 				ioc = tc.io()
@@ -173,6 +182,9 @@ func TestCompatBadInput(t *testing.T) {
 			}
 			if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil {
 				t.Fatal(err)
+			}
+			if cgs := cgroupsOf(d, id); len(cgs) > 0 {
+				t.Errorf("cgroups left behind by the failed create: %v", cgs)
 			}
 			waitNoLeftovers(t, e.d)
 		})

@@ -363,9 +363,7 @@ func waitNoLeftovers(t *testing.T, d *harness.Daemon, runscRoots ...string) {
 			t.Fatal(err)
 		}
 		for _, m := range mounts {
-			if !isNullNetNS(m) {
-				problems = append(problems, "mount "+m)
-			}
+			problems = append(problems, "mount "+m)
 		}
 		for _, root := range runscRoots {
 			left, err := harness.RunscLeftovers(root)
@@ -374,6 +372,11 @@ func waitNoLeftovers(t *testing.T, d *harness.Daemon, runscRoots ...string) {
 			}
 			for _, s := range left {
 				problems = append(problems, "runsc "+s)
+			}
+			// The shim removes the namespace's runsc directory, and runsc's
+			// null-netns pin in it, with the last sandbox.
+			if _, err := os.Stat(root); err == nil {
+				problems = append(problems, "runsc directory "+root)
 			}
 		}
 		if len(problems) == 0 {
@@ -386,11 +389,17 @@ func waitNoLeftovers(t *testing.T, d *harness.Daemon, runscRoots ...string) {
 	}
 }
 
-// isNullNetNS reports whether mount m is runsc's null-netns pin: runsc
-// bind-mounts an empty network namespace at <root>/null-netns and keeps it for
-// the life of the root directory, whichever root a config chose, so it is no
-// container's leftover (the harness unmounts it at the end).
-func isNullNetNS(m string) bool { return filepath.Base(m) == "null-netns" }
+// cgroupsOf returns the cgroup directories on this host named for container id
+// under the daemon's namespace (containerd's default cgroupsPath is
+// /<namespace>/<id>).
+func cgroupsOf(d *harness.Daemon, id string) []string {
+	var found []string
+	for _, pattern := range []string{filepath.Join("/sys/fs/cgroup", "*", d.Namespace, id), filepath.Join("/sys/fs/cgroup", d.Namespace, id)} {
+		m, _ := filepath.Glob(pattern)
+		found = append(found, m...)
+	}
+	return found
+}
 
 // runscState lists runsc's container state files under root (runsc keeps one
 // <id>_sandbox:<id>.state file per container), ignoring its lock files and

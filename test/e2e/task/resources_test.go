@@ -77,6 +77,39 @@ func TestCompatStats(t *testing.T) {
 	waitNoLeftovers(t, e.d)
 }
 
+// TestCompatMetricsLimits: `ctr task metrics` of a container started with a memory
+// and a pids limit reports them (runsc's own stats carry none; the shim reads the
+// sandbox's host cgroup), and an Update shows in the next metrics.
+func TestCompatMetricsLimits(t *testing.T) {
+	e := newEnv(t, harness.Options{})
+	ctx := testCtx(t, 3*time.Minute)
+	c, task, _, out := e.run(ctx, t, "limits", []oci.SpecOpts{oci.WithMemoryLimit(256 * mib), oci.WithPidsLimit(64)}, "/workload", "memhold", "--mib", "16")
+	out.WaitFor(t, `^ready sum=`, startWait)
+	m := metrics(ctx, t, task)
+	if got := m.GetMemory().GetUsage().GetLimit(); got != 256*mib {
+		t.Errorf("memory limit %d, want %d", got, 256*mib)
+	}
+	if got := m.GetPids().GetLimit(); got != 64 {
+		t.Errorf("pids limit %d, want 64", got)
+	}
+	stdout, _, err := e.d.Ctr(ctx, "task", "metrics", c.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stdout, "268435456") {
+		t.Errorf("ctr task metrics does not show the 256 MiB limit:\n%s", stdout)
+	}
+	limit := int64(512 * mib)
+	if err := task.Update(ctx, containerd.WithResources(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}})); err != nil {
+		t.Fatal(err)
+	}
+	if got := metrics(ctx, t, task).GetMemory().GetUsage().GetLimit(); got != 512*mib {
+		t.Errorf("memory limit after the update %d, want %d", got, 512*mib)
+	}
+	destroy(ctx, t, c)
+	waitNoLeftovers(t, e.d)
+}
+
 // TestUpdate proves Update through the client (ctr 2.4 has no task update): new
 // limits reach the sandbox's host cgroup (runsc's stats report no limits, so
 // the cgroup is the reading that changes), and an update runsc cannot apply
