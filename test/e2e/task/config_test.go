@@ -40,7 +40,7 @@ func TestCompatConfig(t *testing.T) {
 
 	// check runs a counter with rt, asserts that runsc keeps its state under
 	// root and that the processes match, deletes it, and checks for leftovers.
-	check := func(ctx context.Context, t *testing.T, rt containerd.NewContainerOpts, root string, procCheck func(t *testing.T, procs []harness.Process)) {
+	check := func(ctx context.Context, t *testing.T, rt containerd.NewContainerOpts, root string, procCheck func(t *testing.T, d *harness.Daemon)) {
 		t.Helper()
 		c, _, _, out := e.runWith(ctx, t, "cfg", rt, "/workload", "counter")
 		out.WaitFor(t, `^count=\d+$`, startWait)
@@ -55,11 +55,7 @@ func TestCompatConfig(t *testing.T) {
 			}
 		}
 		if procCheck != nil {
-			procs, err := d.Processes()
-			if err != nil {
-				t.Fatal(err)
-			}
-			procCheck(t, procs)
+			procCheck(t, d)
 		}
 		destroy(ctx, t, c)
 		waitNoLeftovers(t, d, nsRoot, filepath.Join(d.RunscRoot, ns))
@@ -72,7 +68,7 @@ func TestCompatConfig(t *testing.T) {
 		cfg := "binary_name = \"" + customRunsc + "\"\nroot = \"" + root + "\"\n[runsc_config]\ndebug = \"true\"\ndebug-log = \"" + logDir + "\"\nplatform = \"ptrace\"\n"
 		rt := runtimeWithConfig(d, writeShimConfig(t, d, "custom.toml", cfg))
 		defaultLogs, _ := filepath.Glob(filepath.Join(d.RunscLogDir, "*"))
-		check(ctx, t, rt, root, func(t *testing.T, procs []harness.Process) {
+		check(ctx, t, rt, root, func(t *testing.T, procs *harness.Daemon) {
 			assertProcess(t, procs, "runsc run by its configured path", func(p harness.Process) bool {
 				return p.Cmdline[0] == customRunsc && slices.Contains(p.Cmdline, "wait")
 			})
@@ -105,7 +101,7 @@ func TestCompatConfig(t *testing.T) {
 		ctx := testCtx(t, 2*time.Minute)
 		root := filepath.Join(d.Dir, "root-runc")
 		rt := containerd.WithRuntime(d.RuntimeName, &runcoptions.Options{BinaryName: customRunsc, Root: root})
-		check(ctx, t, rt, root, func(t *testing.T, procs []harness.Process) {
+		check(ctx, t, rt, root, func(t *testing.T, procs *harness.Daemon) {
 			assertProcess(t, procs, "runsc run by runc's BinaryName", func(p harness.Process) bool {
 				return p.Cmdline[0] == customRunsc
 			})
@@ -150,11 +146,25 @@ func ctrRunChecksRoot(ctx context.Context, t *testing.T, e *env, runtimeArgs []s
 }
 
 // assertProcess fails unless one of procs satisfies match.
-func assertProcess(t *testing.T, procs []harness.Process, what string, match func(harness.Process) bool) {
+//
+// A process caught between fork and exec still shows its parent's command line
+// (the shim's, for a runsc command it starts), so a miss is looked for again for
+// a moment before it counts.
+func assertProcess(t *testing.T, d *harness.Daemon, what string, match func(harness.Process) bool) {
 	t.Helper()
-	for _, p := range procs {
-		if len(p.Cmdline) > 0 && match(p) {
-			return
+	var procs []harness.Process
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		var err error
+		if procs, err = d.Processes(); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range procs {
+			if len(p.Cmdline) > 0 && match(p) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			break
 		}
 	}
 	var b strings.Builder
