@@ -328,7 +328,7 @@ def num(v, default=None):
 
 def first_line(s, n=300):
     s = (s or "").strip()
-    lines = [x for x in s.splitlines() if "DEPRECATION" not in x and x.strip()]
+    lines = [x.strip() for x in re.split(r"\n| \| ", s) if "DEPRECATION" not in x and x.strip()]
     s = " | ".join(lines)
     return s if len(s) <= n else s[: n - 3] + "..."
 
@@ -384,7 +384,9 @@ def judge(case, expect, f, evs):
     err = first_line(f.get("ckpt_out"), 600)
     meta = f.get("meta") if isinstance(f.get("meta"), dict) else {}
     image = bool(meta.get("present"))
-    status = f.get("status_after", "?")
+    # The task's state right after the checkpoint call and a while later
+    # (a failed checkpoint may stop the container asynchronously).
+    status = f.get("status_later") or f.get("status_after", "?")
     prog = f.get("progress") if isinstance(f.get("progress"), dict) else {}
     progressed = bool(prog.get("ok"))
     after_bad = prog.get("after_bad", 0)
@@ -409,6 +411,8 @@ def judge(case, expect, f, evs):
     ck_desc = "checkpoint ok" if ck_rc == 0 else "checkpoint FAILED (rc %s): %s" % (ck_rc, err)
     img_desc = "image written" if image else ("no image" if not meta.get("files") else "no runsc-cuda.json but %d file(s) left" % meta["files"])
     task_desc = "task %s" % status
+    if f.get("status_later") and f.get("status_after") and f["status_after"] != f["status_later"]:
+        task_desc = "task %s right after, %s later" % (f["status_after"], f["status_later"])
     if progressed:
         task_desc += ", kept printing (%d lines after%s)" % (prog.get("after_lines", 0), ", %d BAD" % after_bad if after_bad else "")
     elif status == "RUNNING":
@@ -547,6 +551,8 @@ def cmd_report(a):
         removed = {k.split(".", 1)[1]: v for k, v in f.items() if k.startswith("removed.")}
         cev = events_for(evs, set(names), removed)
         verdict, observed, details = judge(case, expect, f, [e for e in cev if not e["removal"]])
+        if f.get("interrupted") and verdict != "as expected":
+            verdict, observed = "interrupted", "%s; so far: %s" % (f["interrupted"], observed)
         shim_events = [{"topic": e["topic"], "payload": e["payload"], "at_removal": e["removal"]}
                        for e in cev if e["topic"].startswith("/runsc-cuda/")]
         task_exits = [dict(e["payload"], at_removal=e["removal"]) for e in cev if e["topic"] == "/tasks/exit"]
@@ -656,6 +662,52 @@ def container_of(pid, names):
     return None
 
 
+def cmd_selftest(a):
+    """Checks judge() on made-up facts of each expected outcome, and that
+    near misses are reported as unexpected."""
+    ok_cmp = {"equal": True, "compared": 10, "in_window": True}
+    prog = {"ok": True, "after_lines": 5, "after_bad": 0}
+    base = {"started": "1", "ckpt_ms": "100", "progress": prog}
+    exit137 = [{"topic": "/runsc-cuda/exit", "payload": {"container_id": "x", "exit_status": 137, "reason": "CUDA IPC: restore failed"}}]
+    ipc_err = "ctr: checkpoint failed: the container uses CUDA IPC (CUDA_ERROR_INVALID_VALUE)"
+    cases = [
+        ("1-leave-running", "roundtrip", dict(base, ckpt_rc="0", meta={"present": True}, status_after="RUNNING", restore_rc="0", compare=ok_cmp), [], "as expected"),
+        ("1-leave-running", "roundtrip", dict(base, ckpt_rc="0", meta={"present": True}, status_after="RUNNING", restore_rc="0",
+                                              compare={"equal": False, "compared": 10, "mismatched": 1, "examples": [{"tag": "train", "step": 9}]}), [], "unexpected"),
+        ("1-leave-running", "roundtrip", dict(base, ckpt_rc="1", ckpt_out="boom", meta={"present": False}, status_after="RUNNING"), [], "unexpected"),
+        ("1-exit", "exit", dict(base, ckpt_rc="0", meta={"present": True}, status_after="STOPPED", restore_rc="0",
+                                compare=dict(ok_cmp, continues=True, pre_mismatched=0)), [], "as expected"),
+        ("1-exit", "exit", dict(base, ckpt_rc="0", meta={"present": True}, status_after="STOPPED", restore_rc="0",
+                                compare=dict(ok_cmp, continues=False)), [], "unexpected"),
+        ("5-ipc", "ipc-stopped", dict(base, ckpt_rc="1", ckpt_out=ipc_err, meta={"present": False}, status_after="STOPPED",
+                                      progress={"ok": False}), exit137, "as expected"),
+        ("5-ipc", "ipc-stopped", dict(base, ckpt_rc="1", ckpt_out=ipc_err, meta={"present": False}, status_after="PAUSED",
+                                      progress={"ok": False}), [], "unexpected"),
+        ("5-ipc", "ipc-stopped", dict(base, ckpt_rc="0", meta={"present": True}, status_after="RUNNING", restore_rc="0", compare=ok_cmp), [], "unexpected"),
+        ("5-ipc-annotated", "refused-kept-ipc", dict(base, ckpt_rc="1", ckpt_out="refused: CUDA IPC annotation", meta={"present": False},
+                                                     status_after="RUNNING"), [], "as expected"),
+        ("6-managed", "refused-kept-managed", dict(base, ckpt_rc="1", ckpt_out="uses managed memory: CUDA_ERROR_NOT_SUPPORTED",
+                                                    meta={"present": False}, status_after="RUNNING"), [], "as expected"),
+        ("6-managed", "refused-kept-managed", dict(base, ckpt_rc="1", ckpt_out="uses managed memory", meta={"present": False},
+                                                    status_after="RUNNING", progress=dict(prog, after_bad=2)), [], "unexpected"),
+        ("7-late-init", "roundtrip", dict(base, ckpt_rc="0", meta={"present": True}, status_after="RUNNING", restore_rc="0",
+                                          compare=ok_cmp, cuda_lines="0"), [], "unexpected"),
+        ("4-clones", "clones", dict(base, ckpt_rc="0", **{"m4a.restore_rc": "0", "m4a.compare": ok_cmp, "m4b.restore_rc": "0",
+                                                          "m4b.compare": ok_cmp, "m4c.restore_rc": "1", "m4c.restore_out": "x"}), [], "unexpected"),
+        ("4-clones", "clones", dict(base, ckpt_rc="0", **{n + k: v for n in ("m4a", "m4b", "m4c") for k, v in
+                                                          ((".restore_rc", "0"), (".compare", ok_cmp))}), [], "as expected"),
+        ("2-leave-running", "roundtrip", {}, [], "skipped"),
+    ]
+    bad = 0
+    for case, expect, facts, evs, want in cases:
+        verdict, observed, _ = judge(case, expect, facts, evs)
+        flag = "ok " if verdict == want else "BAD"
+        bad += verdict != want
+        print("%s %-16s %-22s %-12s %s" % (flag, case, expect, verdict, observed[:150]))
+    print("%d of %d wrong" % (bad, len(cases)))
+    return 1 if bad else 0
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description="GPU matrix helper")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -688,6 +740,7 @@ def main(argv):
     p.add_argument("--gpu")
     p.add_argument("--dry", default="0")
     p.add_argument("--started-ms", type=int, default=0)
+    sub.add_parser("selftest")
     p = sub.add_parser("gpusnap")
     p.add_argument("--label", required=True)
     p.add_argument("--used", required=True)
@@ -697,7 +750,7 @@ def main(argv):
     if a.cmd == "compare" and not (a.count or a.through):
         ap.error("compare needs --count or --through")
     return {"steps": cmd_steps, "wait": cmd_wait, "compare": cmd_compare, "meta": cmd_meta,
-            "report": cmd_report, "gpusnap": cmd_gpusnap}[a.cmd](a) or 0
+            "report": cmd_report, "gpusnap": cmd_gpusnap, "selftest": cmd_selftest}[a.cmd](a) or 0
 
 
 if __name__ == "__main__":
