@@ -49,6 +49,8 @@
 #   EXTRA_BINDS  more host directories to bind read-only (space separated)
 #   RUNSC_DEBUG=1  runsc debug logs (under $OUT/runsc-debug)
 #   HOSTPY    python3 for the host-side helper (standard library only)
+#   FAIL_CASES  cases (e.g. "6-managed") whose checkpoint is made to fail
+#             (a file left in the image directory): tests the matrix itself
 #   DRY=1     no GPU: the same classes, processes, triggers and checks with
 #             matrix_workload.py's pure-Python stand-ins (MATRIX_FAKE=1) run
 #             by the host's /usr/bin/python3; DRY=counter: the bundled
@@ -134,6 +136,7 @@ ntags() { # the number of step-line tags a workload kind prints
 # ---------------------------------------------------------------- setup
 FLOWS=()
 FLOW_NAMES=()
+FLOW_CASES=()
 EV_PID=
 WD_PID=
 FINISHED=0
@@ -142,8 +145,13 @@ finish() {
 	FINISHED=1
 	trap - INT TERM
 	local p
-	for p in "${FLOWS[@]}"; do
-		kill -0 "$p" 2>/dev/null && { log "stopping flow $p (time limit or interrupt)"; kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null; }
+	local i c
+	for i in "${!FLOWS[@]}"; do
+		p=${FLOWS[$i]}
+		kill -0 "$p" 2>/dev/null || continue
+		log "stopping flow ${FLOW_NAMES[$i]} ($p): time limit or interrupt"
+		kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null
+		for c in ${FLOW_CASES[$i]}; do fact "$c" interrupted "stopped by the time limit (T_ALL=$T_ALL s) or a signal"; done
 	done
 	[ -n "$WD_PID" ] && { kill -KILL -- "-$WD_PID" 2>/dev/null || kill -KILL "$WD_PID" 2>/dev/null; }
 	if [ -n "${RC_PID:-}" ]; then
@@ -282,6 +290,13 @@ ckpt() {
 	local case=$1 name=$2 dir=$3 lock=$WORK/ckpt.lock out rc t0 ms
 	shift 3
 	[ "$SERIAL_CKPT" = 1 ] || lock=$WORK/ckpt-$case.lock
+	# FAIL_CASES (a test of the matrix itself): a file in the image
+	# directory makes the shim refuse the checkpoint (it never overwrites).
+	local junk=
+	if [[ " ${FAIL_CASES:-} " == *" $case "* ]]; then
+		junk=$dir/matrix-fail-case
+		mkdir -p "$dir" && echo x >"$junk"
+	fi
 	{
 		flock -w "$T_ALL" 9 || log "$case: checkpoint lock not taken"
 		log "$case: checkpoint${1:+ $1} of $name"
@@ -290,6 +305,7 @@ ckpt() {
 		rc=$?
 		ms=$(($(now_ms) - t0))
 	} 9>>"$lock"
+	[ -n "$junk" ] && rm -f "$junk"
 	log "$case: checkpoint rc=$rc in $ms ms: $(echo "$out" | grep -v DEPRECATION | tail -2 | cut -c1-400)"
 	fact "$case" ckpt_rc "$rc"
 	fact "$case" ckpt_ms "$ms"
@@ -506,12 +522,13 @@ if [ "$MODE" = gpu ] && [ "$TORCH_OK" != 1 ]; then
 fi
 
 set -m # each flow in its own process group, so that a limit can stop it whole
-launch() { # launch NAME FUNCTION ARGS...
+launch() { # launch NAME FUNCTION CASE ARGS...: FUNCTION CASE ARGS... in the background
 	local name=$1
 	shift
 	("$@") >>"$OUT/logs/flow-$name.txt" 2>&1 &
 	FLOWS+=($!)
 	FLOW_NAMES+=("$name")
+	FLOW_CASES+=("$2$([ "$2" = 1-leave-running ] && echo " 4-clones")")
 }
 (
 	sleep "$T_ALL"
