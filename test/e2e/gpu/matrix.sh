@@ -116,14 +116,14 @@ remove() { # remove NAME...: kill the task, delete task and container
 	for n in "$@"; do
 		# events from here on are the removal's, not the case's
 		[ -n "${CASE:-}" ] && fact "$CASE" "removed.$n" "$(now_ms)"
-		ctr tasks kill -s KILL "$n" >/dev/null 2>&1
+		T_CTR=30 ctr tasks kill -s KILL "$n" >/dev/null 2>&1
 		for _ in $(seq 50); do
 			s=$(task_status "$n")
 			[ "$s" = none ] || [ "$s" = STOPPED ] && break
 			sleep 0.1
 		done
-		ctr tasks rm -f "$n" >/dev/null 2>&1
-		ctr containers rm "$n" >/dev/null 2>&1
+		T_CTR=30 ctr tasks rm -f "$n" >/dev/null 2>&1
+		T_CTR=30 ctr containers rm "$n" >/dev/null 2>&1
 	done
 }
 ntags() { # the number of step-line tags a workload kind prints
@@ -504,14 +504,12 @@ flow_exit() {
 }
 
 # ---------------------------------------------------------------- run
-"$HOSTPY" - "$RES/env.json" <<PY
-import json, sys
-json.dump({"mode": "$MODE", "classes": "$CLASSES", "gib": "$GIB", "interval": "$INTERVAL", "cmp_steps": "$CMP_STEPS",
-           "gpu": open("$OUT/gpu.txt").read().strip() if "$MODE" == "gpu" else "no GPU ($MODE)",
-           "runsc": """$("$BIN/runsc" --version 2>&1 | head -1)""", "containerd": """$("$BIN/containerd" --version 2>&1 | head -1)""",
-           "shim": "sha256:$(sha256sum "$BIN/containerd-shim-runsc-cuda-v1" | cut -c1-16)",
-           "torch_py": "$TORCH_PY", "torch": """$TORCH_INFO""", "host": "$(hostname)"}, open(sys.argv[1], "w"))
-PY
+MX_MODE=$MODE MX_CLASSES=$CLASSES MX_GIB=$GIB MX_INTERVAL=$INTERVAL MX_CMP_STEPS=$CMP_STEPS MX_TORCH_PY=$TORCH_PY \
+	MX_GPU=$(if [ "$MODE" = gpu ]; then head -1 "$OUT/gpu.txt"; else echo "no GPU ($MODE)"; fi) \
+	MX_RUNSC=$("$BIN/runsc" --version 2>&1 | head -1) MX_CONTAINERD=$("$BIN/containerd" --version 2>&1 | head -1) \
+	MX_SHIM=sha256:$(sha256sum "$BIN/containerd-shim-runsc-cuda-v1" | cut -c1-16) MX_TORCH=$TORCH_INFO MX_HOST=$(hostname) \
+	"$HOSTPY" -c 'import json, os, sys
+json.dump({k[3:].lower(): v for k, v in os.environ.items() if k.startswith("MX_")}, open(sys.argv[1], "w"), sort_keys=True)' "$RES/env.json"
 
 if [ "$MODE" = gpu ] && [ "$TORCH_OK" != 1 ]; then
 	for c in 1-leave-running 1-exit 2-leave-running 3-leave-running 3-exit 4-clones 5-ipc 5-ipc-annotated 6-managed 7-late-init; do

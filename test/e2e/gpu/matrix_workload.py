@@ -254,7 +254,7 @@ def cmd_graph(args):
     t0 = time.time()
     if FAKE:
         rec = FakeRecurrence(2)
-        emit(tag, "ready fake=1 setup_s=%.1f" % (time.time() - t0))
+        emit(tag, "ready fake=1 pid=%d setup_s=%.1f" % (os.getpid(), time.time() - t0))
         step = 0
         while True:
             step += 1
@@ -298,7 +298,7 @@ def cmd_graph(args):
             decode_step()
         reset()
         torch.cuda.synchronize()
-        emit(tag, "ready %s setup_s=%.1f" % (device_desc(torch), time.time() - t0))
+        emit(tag, "ready %s pid=%d setup_s=%.1f" % (device_desc(torch), os.getpid(), time.time() - t0))
         step = 0
         while True:
             step += 1
