@@ -531,6 +531,12 @@ def judge(case, expect, f, evs):
             return "as expected", "refused; workload stopped with reason (exit 137): " + first_line(reason, 200), d
     else:
         good = ck_rc != 0 and names_it and not image and status == "RUNNING" and progressed and not after_bad
+        # The toggle tool's view of each process after the refusal, where it
+        # could be asked: all must be running (nothing left toggled).
+        states = [x.split("=", 1)[1] for x in (f.get("gpu_state") or "").split() if "=" in x]
+        known = [x for x in states if x in ("running", "locked", "checkpointed", "failed")]
+        if known and any(x != "running" for x in known):
+            good = False
         if good:
             return "as expected", "refused; workload kept running%s" % (" with correct checksums" if expect.endswith("managed") else ""), d
     return "unexpected", observed, d
@@ -690,6 +696,10 @@ def cmd_selftest(a):
                                                     meta={"present": False}, status_after="RUNNING"), [], "as expected"),
         ("6-managed", "refused-kept-managed", dict(base, ckpt_rc="1", ckpt_out="uses managed memory", meta={"present": False},
                                                     status_after="RUNNING", progress=dict(prog, after_bad=2)), [], "unexpected"),
+        ("6-managed", "refused-kept-managed", dict(base, ckpt_rc="1", ckpt_out="uses managed memory", meta={"present": False},
+                                                    status_after="RUNNING", gpu_state="1=checkpointed"), [], "unexpected"),
+        ("5-ipc-annotated", "refused-kept-ipc", dict(base, ckpt_rc="1", ckpt_out="CUDA IPC", meta={"present": False},
+                                                     status_after="RUNNING", gpu_state="1=running 40=running"), [], "as expected"),
         ("7-late-init", "roundtrip", dict(base, ckpt_rc="0", meta={"present": True}, status_after="RUNNING", restore_rc="0",
                                           compare=ok_cmp, cuda_lines="0"), [], "unexpected"),
         ("4-clones", "clones", dict(base, ckpt_rc="0", **{"m4a.restore_rc": "0", "m4a.compare": ok_cmp, "m4b.restore_rc": "0",
