@@ -191,7 +191,7 @@ if [ "$MODE" = gpu ]; then
 	LIBDIR_USE=$RC_LIBDIR
 	DEVICES=("${RC_DEVICES[@]}")
 	export PATH=$PATH:/usr/local/nvidia/bin
-	nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader | tee "$OUT/gpu.txt" >&7
+	timeout -s KILL 30 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader | tee "$OUT/gpu.txt" >&7
 fi
 
 TORCH_OK=1
@@ -232,7 +232,7 @@ if [ -n "$LIBDIR_USE" ]; then
 	MK+=(--ldd "$LIBDIR_USE/libcuda.so.1" --no-copy "$LIBDIR_USE")
 	[ -e "$LIBDIR_USE/libnvidia-ml.so.1" ] && MK+=(--ldd "$LIBDIR_USE/libnvidia-ml.so.1")
 fi
-"${MK[@]}" >>"$OUT/matrix.log" 2>&1 || { log "mkimage failed"; exit 1; }
+timeout -s KILL 300 "${MK[@]}" >>"$OUT/matrix.log" 2>&1 || { log "mkimage failed"; exit 1; }
 ctr images import "$WORK/img.tar" >>"$OUT/matrix.log" 2>&1 || { log "image import failed"; exit 1; }
 
 # The workloads' environment and mounts: the host's system directories
@@ -279,8 +279,8 @@ gpu_snap() {
 	[ "$MODE" = gpu ] || return 0
 	local f
 	f=$OUT/gpu/$(now_ms)-$1
-	nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits >"$f.used" 2>/dev/null
-	nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits >"$f.apps" 2>/dev/null
+	timeout -s KILL 30 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits >"$f.used" 2>/dev/null
+	timeout -s KILL 30 nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits >"$f.apps" 2>/dev/null
 	tool gpusnap --label "$1" --used "$f.used" --apps "$f.apps" --names "$ALL_NAMES" >"$f.json"
 	rm -f "$f.used" "$f.apps"
 }
