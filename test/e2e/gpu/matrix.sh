@@ -217,7 +217,11 @@ log "starting containerd ($("$BIN/containerd" --version | head -1)); runsc $("$B
 rc_start "$WORK" "$BIN/containerd" "$BIN/ctr" "$BIN" "$BIN/runsc" "$BIN/cuda-checkpoint" "$LIBDIR_USE" || exit 1
 RUNTIME=("${RC_RUNTIME[@]}")
 if [ "$RUNSC_DEBUG" = 1 ]; then
-	{ cat "$WORK/runsc-cuda.toml"; printf '[runsc_config]\ndebug = "true"\ndebug-log = "%s/"\n' "$WORK/runsc-debug"; } >"$WORK/runsc-cuda-debug.toml"
+	if declare -F rc_shim_config >/dev/null; then
+		rc_shim_config "$WORK/runsc-cuda-debug.toml" --runsc-flag debug=true --runsc-flag debug-log="$WORK/runsc-debug/" || exit 1
+	else
+		{ cat "$WORK/runsc-cuda.toml"; printf '[runsc_config]\ndebug = "true"\ndebug-log = "%s/"\n' "$WORK/runsc-debug"; } >"$WORK/runsc-cuda-debug.toml"
+	fi
 	RUNTIME=(--runtime io.containerd.runsc-cuda.v1 --runtime-config-path "$WORK/runsc-cuda-debug.toml")
 fi
 mkdir -p "$WORK/img" "$WORK/steps"
