@@ -497,7 +497,11 @@ flow_exit() {
 	tool steps "$L" >"$S/pre.json"
 	factj "$case" meta "$(tool meta "$D")"
 	gpu_snap "$case-after-exit-checkpoint"
-	if [ -f "$D/runsc-cuda.json" ] && restore "$case" "$name" "$rst" "$D"; then
+	if [ ! -f "$D/runsc-cuda.json" ]; then
+		# no image: does the workload go on?
+		factj "$case" progress "$(tool wait "$L" --after "$S/pre.json" --by 3 --timeout 20)"
+		fact "$case" status_later "$(task_status "$name")"
+	elif restore "$case" "$name" "$rst" "$D"; then
 		w=$(tool compare --ref "$LT" --new "$LR" --count "$CMP_STEPS" --pre-steps "$S/pre.json" --pre-log "$L" --timeout "$T_STEP")
 		factj "$case" compare "$w"
 		log "$case: $rst against twin $twin: $(echo "$w" | cut -c1-300)"
