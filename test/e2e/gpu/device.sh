@@ -16,6 +16,9 @@
 #   BENCH_SIZES  the benchmark's sizes (default: bench.py's, 1G 8G 24G);
 #             empty: no benchmark
 #   NO_SCENARIO=1  skip run.sh
+#   MATRIX=1  first run the workload-class matrix (matrix.sh; its inputs
+#             CLASSES, GIB, TORCH_PY, ... pass through) into $OUT/matrix,
+#             capped at what LIMIT_S leaves (T_ALL, at most 900 s)
 #   DRY=1     no GPU: both run their plumbing on host memory (see run.sh)
 set -uo pipefail
 cd "$(dirname "$0")/../../.."
@@ -39,6 +42,14 @@ log "bundle $BIN unpacked after $(($(date +%s) - START)) s"
 "$BIN/containerd" --version >>"$OUT/versions.txt" 2>&1
 
 rc=0
+if [ "${MATRIX:-0}" = 1 ]; then
+	left=$((LIMIT_S - ($(date +%s) - START) - 60))
+	[ "$left" -gt 900 ] && left=900
+	log "matrix: classes '${CLASSES:-1 2 3 4 5 6 7}', ${T_ALL:-$left} s limit"
+	T_ALL=${T_ALL:-$left} BIN=$BIN OUT=$OUT/matrix test/e2e/gpu/matrix.sh || rc=1
+	log "matrix done (rc $rc) after $(($(date +%s) - START)) s"
+fi
+
 if [ "${NO_SCENARIO:-0}" != 1 ]; then
 	log "scenario: GIBS='${GIBS-1 8}'"
 	BIN=$BIN OUT=$OUT/scenario test/e2e/gpu/run.sh || rc=1
