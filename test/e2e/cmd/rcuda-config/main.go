@@ -3,13 +3,15 @@
 // cannot import test/e2e/harness/ctrdconfig, which renders it here as for the e2e
 // harness. The GPU bundle carries it for hosts without Go.
 //
-//	rcuda-config containerd --dir DIR [--out FILE]
+//	rcuda-config containerd --dir DIR [--cri --sandbox-image REF --shim-config FILE
+//	                        --cni-bin-dir DIR --cni-conf-dir DIR] [--out FILE]
 //	rcuda-config shim --runsc PATH --root DIR [--runsc-flag KEY=VALUE]... [--toggle-tool PATH]
 //	                  [--driver-lib-dir DIR] [--extra TOML] [--out FILE]
 //
 // containerd: containerd's config.toml for a daemon whose root, state and sockets are
 // in DIR (DIR/root, DIR/state, DIR/c.sock, DIR/c.sock.ttrpc), with the CRI and NRI
-// disabled. shim: the shim's runsc-cuda.toml; --runsc-flag adds a runsc global flag
+// disabled, or with --cri the CRI with the shim as the default runtime handler
+// (runsc-cuda, passing the shim's annotations through). shim: the shim's runsc-cuda.toml; --runsc-flag adds a runsc global flag
 // ([runsc_config]) and may repeat; --extra is TOML merged in last. Without --out the
 // file goes to stdout.
 package main
@@ -36,6 +38,9 @@ func main() {
 
 type renderer interface{ Render() ([]byte, error) }
 
+// criHandler is the CRI runtime handler of the shim (RuntimeClass runsc-cuda).
+const criHandler = "runsc-cuda"
+
 func run(args []string, stdout io.Writer) error {
 	if len(args) == 0 {
 		return errors.New(usage)
@@ -47,7 +52,31 @@ func run(args []string, stdout io.Writer) error {
 	switch args[0] {
 	case "containerd":
 		dir := fs.String("dir", "", "the daemon's directory (root, state and sockets go in it)")
-		build = func() (renderer, error) { return ctrdconfig.InDir(*dir), required("--dir", *dir) }
+		cri := fs.Bool("cri", false, "enable the CRI, with the shim as runtime handler "+criHandler+" (the default)")
+		sandboxImage := fs.String("sandbox-image", "", "with --cri: the pinned sandbox (pause) image")
+		shimConfig := fs.String("shim-config", "", "with --cri: the shim's config file (the handler's ConfigPath)")
+		cniBin := fs.String("cni-bin-dir", "", "with --cri: the CNI plugins' directory")
+		cniConf := fs.String("cni-conf-dir", "", "with --cri: the CNI configuration directory")
+		build = func() (renderer, error) {
+			c := ctrdconfig.InDir(*dir)
+			if !*cri {
+				return c, required("--dir", *dir)
+			}
+			c.CRI = &ctrdconfig.CRI{
+				Snapshotter:    "overlayfs",
+				SandboxImage:   *sandboxImage,
+				DefaultRuntime: criHandler,
+				Runtimes: map[string]ctrdconfig.Runtime{criHandler: {
+					Type:           "io.containerd.runsc-cuda.v1",
+					Options:        map[string]any{"ConfigPath": *shimConfig},
+					PodAnnotations: []string{"io.containerd.runsc-cuda.v1.*"},
+				}},
+				CNIBinDir:  *cniBin,
+				CNIConfDir: *cniConf,
+			}
+			return c, errors.Join(required("--dir", *dir), required("--sandbox-image", *sandboxImage), required("--shim-config", *shimConfig),
+				required("--cni-bin-dir", *cniBin), required("--cni-conf-dir", *cniConf))
+		}
 	case "shim":
 		var s ctrdconfig.Shim
 		fs.StringVar(&s.Runsc, "runsc", "", "the runsc binary (binary_name)")
