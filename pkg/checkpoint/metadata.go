@@ -65,6 +65,21 @@ type Pod struct {
 	// Containers are the containers in the sandbox, the sandbox container
 	// first.
 	Containers []PodContainer `json:"containers"`
+	// Completed names the pod's containers (by the name gVisor knows them
+	// by) that had run to completion when the pod was saved: its init
+	// containers. They are not in the image; a pod restoring from it runs
+	// them again, fresh, before its application container restores.
+	Completed []string `json:"completed,omitempty"`
+}
+
+// App returns the name of the pod's application container.
+func (p *Pod) App() string {
+	for _, c := range p.Containers {
+		if !c.Sandbox {
+			return c.Name
+		}
+	}
+	return ""
 }
 
 // PodContainer is one container of a checkpointed pod.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/v2/pkg/stdio"
@@ -76,24 +77,27 @@ func newContainer(ctx context.Context, sh *shared, r *taskAPI.CreateTaskRequest)
 	if dir == "" && spec.Annotations[annotationContainerType] != containerTypeSandbox {
 		// A pod's sandbox container carries the pod's annotations too; the
 		// pod is restored through its application container.
-		if src, err = annotatedSource(ctx, cfg, spec, sh.namespace, r.ID); err != nil {
+		if src, err = annotatedSource(cfg, spec); err != nil {
 			return nil, nil, err
 		}
 	}
+	defer src.close()
 	defer func() {
 		if retErr != nil && src != nil && src.unpacked {
 			_ = os.RemoveAll(src.dir)
 		}
 	}()
 	if src != nil {
-		restore, err := sb.restoreOnce(spec, src)
+		restore, err := sb.restoresFrom(log.WithLogger(ctx, log.G(ctx).WithField("id", r.ID)), spec, src)
 		if err != nil {
 			return nil, nil, err
 		}
-		if restore {
-			dir = src.dir
+		if !restore {
+			src = nil
+		} else if err := src.unpack(ctx, filepath.Join(cfg.Checkpoint.unpackDir(), sh.namespace, r.ID)); err != nil {
+			return nil, nil, err
 		} else {
-			log.G(ctx).WithField("id", r.ID).WithField("checkpoint", src.name).Info("the pod was restored from this checkpoint already; the container starts fresh")
+			dir = src.dir
 		}
 	}
 	c := &container{
@@ -112,11 +116,6 @@ func newContainer(ctx context.Context, sh *shared, r *taskAPI.CreateTaskRequest)
 	if dir != "" {
 		if c.restore, err = checkRestore(ctx, rt, dir, cfg, spec, gpu); err != nil {
 			return nil, nil, err
-		}
-		if src != nil {
-			if err := checkSourceName(c.restore.meta, spec, src); err != nil {
-				return nil, nil, err
-			}
 		}
 		if reassignCgroup(spec, c.restore.meta.ContainerID, r.ID) {
 			changed = true

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/containerd/errdefs"
@@ -120,13 +121,19 @@ func (sb *sandbox) podRules(c *container, exit bool) (*checkpoint.Pod, []*contai
 		return nil, nil, fmt.Errorf("%w: exit checkpoints of a pod's container (%s) are not supported: gVisor saves the whole pod, and stopping only this container after the save is not atomic with it; checkpoint it leaving it running (the CRI's CheckpointContainer does) and stop it through the CRI",
 			errdefs.ErrFailedPrecondition, describe(c))
 	}
-	return &checkpoint.Pod{
+	pod := &checkpoint.Pod{
 		SandboxID: sb.id,
 		Containers: []checkpoint.PodContainer{
 			{ID: root.id, Name: gvisorName(root.spec), Sandbox: true},
 			{ID: c.id, Name: gvisorName(c.spec)},
 		},
-	}, exited, nil
+	}
+	for _, o := range exited {
+		if n := gvisorName(o.spec); n != "" && !slices.Contains(pod.Completed, n) {
+			pod.Completed = append(pod.Completed, n)
+		}
+	}
+	return pod, exited, nil
 }
 
 // checkPodRestore checks, before anything is created, that a checkpoint
@@ -284,43 +291,49 @@ func (sb *sandbox) removeExited(ctx context.Context, exited []*container) error 
 	return nil
 }
 
-// restoreOnce decides whether a container whose restore annotation names
-// src restores: a standalone container always does; in a pod, the first
-// application container does, and gVisor restores the whole pod with it.
-// Later containers of a pod restored so (the restored container started
-// again by the kubelet) start fresh, and containers of another name are
-// refused: the checkpoint holds one application container.
-func (sb *sandbox) restoreOnce(spec *specs.Spec, src *restoreSource) (bool, error) {
+// restoresFrom decides whether a container whose restore annotation names
+// src restores. A standalone container always does. In a pod (the kubelet
+// gives every container of the pod the pod's annotations):
+//
+//   - before the restore, the container of the checkpointed name restores,
+//     and gVisor restores the whole pod with it; a container that had run
+//     to completion in the checkpointed pod (an init container) runs again,
+//     fresh, before it; any other container is refused;
+//   - after the restore, the restored container started again by the
+//     kubelet starts fresh, and any other container is refused: the
+//     checkpoint holds one application container.
+func (sb *sandbox) restoresFrom(ctx context.Context, spec *specs.Spec, src *restoreSource) (bool, error) {
 	if !subcontainer(spec) {
 		return true, nil
 	}
+	name := gvisorName(spec)
 	sb.mu.Lock()
-	from, name := sb.restoredFrom, sb.restoredName
+	from, restored := sb.restoredFrom, sb.restoredName
 	sb.mu.Unlock()
+	if from != "" {
+		if name == restored {
+			log.G(ctx).WithField("checkpoint", src.name).Info("the pod was restored from this checkpoint already; the container starts fresh")
+			return false, nil
+		}
+		return false, fmt.Errorf("%w: pod sandbox %s was restored from %s, which holds one application container (%s); gVisor restores a pod as a whole, so the pod cannot also run %s: restore pods that run a single application container",
+			errdefs.ErrFailedPrecondition, sb.id, from, restored, spec.Annotations[annotationContainerName])
+	}
+	meta, err := src.metadata()
 	switch {
-	case from == "":
+	case err != nil && src.archive != nil:
+		return false, err
+	case err != nil || meta.Pod == nil:
+		// The restore's checks say what is wrong with it.
 		return true, nil
-	case gvisorName(spec) == name:
+	}
+	switch app := meta.Pod.App(); {
+	case app == "" || name == app:
+		return true, nil
+	case slices.Contains(meta.Pod.Completed, name):
+		log.G(ctx).WithField("checkpoint", src.name).Info("this container had run to completion in the checkpointed pod (an init container): it runs again, fresh, before the pod restores")
 		return false, nil
 	default:
-		return false, fmt.Errorf("%w: pod sandbox %s was restored from %s, which holds one application container (%s); gVisor restores a pod as a whole, so the pod cannot also run %s: restore pods that run a single application container",
-			errdefs.ErrFailedPrecondition, sb.id, from, name, spec.Annotations[annotationContainerName])
+		return false, fmt.Errorf("%w: the checkpoint %s holds application container %s, but this container is %s: gVisor restores a pod as a whole, so only a container of the checkpointed name restores it, and only containers that had run to completion in the checkpointed pod (init containers) may run before it; give the pod's container that name (and no other application containers)",
+			errdefs.ErrFailedPrecondition, src.name, app, spec.Annotations[annotationContainerName])
 	}
-}
-
-// checkSourceName checks that a pod checkpoint named by a restore
-// annotation restores into the container of the checkpointed name: the
-// kubelet creates a restored pod's containers by their names, and a pod's
-// other containers cannot join the restored sandbox.
-func checkSourceName(meta *checkpoint.Metadata, spec *specs.Spec, src *restoreSource) error {
-	if meta.Pod == nil {
-		return nil
-	}
-	for _, pc := range meta.Pod.Containers {
-		if !pc.Sandbox && pc.Name != "" && pc.Name != gvisorName(spec) {
-			return fmt.Errorf("%w: the checkpoint %s holds application container %s, but this container is %s: gVisor restores a pod as a whole, so only a container of the checkpointed name restores it; give the pod's container that name (and no other application containers)",
-				errdefs.ErrFailedPrecondition, src.name, pc.Name, spec.Annotations[annotationContainerName])
-		}
-	}
-	return nil
 }

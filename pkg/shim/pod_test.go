@@ -97,6 +97,11 @@ func TestCheckPodCheckpoint(t *testing.T) {
 			if strings.Join(exitedIDs, ",") != strings.Join(tc.wantExited, ",") {
 				t.Fatalf("exited = %v, want %v", exitedIDs, tc.wantExited)
 			}
+			// The exited containers are named in the image as completed
+			// (their CRI names; here the same as their ids).
+			if pod != nil && strings.Join(pod.Completed, ",") != strings.Join(tc.wantExited, ",") {
+				t.Fatalf("completed = %v, want %v", pod.Completed, tc.wantExited)
+			}
 			if (pod != nil) != tc.wantPod {
 				t.Fatalf("pod = %+v, want one: %t", pod, tc.wantPod)
 			}

@@ -428,8 +428,21 @@ func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 	if err != nil {
 		return nil, err
 	}
+	// A stopped container has no stats: NotFound, which containerd skips
+	// quietly (its CRI asks for metrics at every exit with status 137, to
+	// tell an OOM kill, and its stats collector each second).
+	stopped := func() bool {
+		st, _ := c.init.Status(ctx)
+		return st == process.StatusStopped || st == process.StatusDeleted
+	}
+	if stopped() {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("%w: container %s has stopped: it has no stats", errdefs.ErrNotFound, c.id))
+	}
 	st, err := c.rt.Stats(ctx, c.id)
 	if err != nil {
+		if stopped() {
+			err = fmt.Errorf("%w: container %s stopped: it has no stats", errdefs.ErrNotFound, c.id)
+		}
 		return nil, errgrpc.ToGRPC(err)
 	}
 	withHostLimits(st, c.init.Pid())

@@ -40,12 +40,15 @@ import (
 // AnnotationRestoreFrom names the checkpoint a container is restored from.
 const AnnotationRestoreFrom = RuntimeName + ".restore-from"
 
-// restoreSource is the checkpoint an annotation names, ready for a restore.
+// restoreSource is the checkpoint an annotation names.
 type restoreSource struct {
 	// name is what the annotation said.
 	name string
-	// dir is the checkpoint directory runsc restores from.
+	// dir is the checkpoint directory runsc restores from: the named
+	// directory, or an archive once unpacked.
 	dir string
+	// archive is the named archive, open until unpacked or closed.
+	archive *os.File
 	// unpacked is set when dir is an unpacked archive, which goes with
 	// the container.
 	unpacked bool
@@ -53,42 +56,101 @@ type restoreSource struct {
 
 // annotatedSource resolves the restore annotation of spec, nil when there
 // is none. It fails, with what to do, for a path outside the allowed roots,
-// through a symbolic link, missing, or not a checkpoint; an archive is
-// unpacked into unpackDir/<namespace>/<id>.
-func annotatedSource(ctx context.Context, cfg *Config, spec *specs.Spec, namespace, id string) (*restoreSource, error) {
+// through a symbolic link, missing, or neither a directory nor a file. The
+// caller closes the source.
+func annotatedSource(cfg *Config, spec *specs.Spec) (*restoreSource, error) {
 	name, ok := spec.Annotations[AnnotationRestoreFrom]
 	if !ok {
 		return nil, nil
 	}
-	bad := func(format string, a ...any) error {
-		return fmt.Errorf("%w: annotation %s=%q: %s", errdefs.ErrFailedPrecondition, AnnotationRestoreFrom, name, fmt.Sprintf(format, a...))
-	}
 	if !filepath.IsAbs(name) || hasDotDot(name) {
-		return nil, bad("the checkpoint must be named by an absolute path without \"..\"")
+		return nil, badSource(name, "the checkpoint must be named by an absolute path without \"..\"")
 	}
 	f, err := openBeneath(cfg.Checkpoint.restoreRoots(), filepath.Clean(name))
 	if err != nil {
-		return nil, bad("%v", err)
+		return nil, badSource(name, "%v", err)
 	}
-	defer f.Close()
 	st, err := f.Stat()
-	if err != nil {
-		return nil, bad("%v", err)
-	}
-	if st.IsDir() {
+	switch {
+	case err != nil:
+		f.Close()
+		return nil, badSource(name, "%v", err)
+	case st.IsDir():
 		// Checked as any checkpoint directory by checkRestore.
+		f.Close()
 		return &restoreSource{name: name, dir: filepath.Clean(name)}, nil
+	case !st.Mode().IsRegular():
+		f.Close()
+		return nil, badSource(name, "not a checkpoint directory or archive")
 	}
-	if !st.Mode().IsRegular() {
-		return nil, bad("not a checkpoint directory or archive")
+	return &restoreSource{name: name, archive: f}, nil
+}
+
+func badSource(name, format string, a ...any) error {
+	return fmt.Errorf("%w: annotation %s=%q: %s", errdefs.ErrFailedPrecondition, AnnotationRestoreFrom, name, fmt.Sprintf(format, a...))
+}
+
+// metadata reads the checkpoint's metadata: from the directory, or from the
+// archive without unpacking it (a plain tar is read by seeking past the
+// image's pages files to the metadata).
+func (s *restoreSource) metadata() (*checkpoint.Metadata, error) {
+	if s.archive == nil {
+		return checkpoint.Read(s.dir)
 	}
-	dir := filepath.Join(cfg.Checkpoint.unpackDir(), namespace, id)
-	if err := unpackArchive(f, dir); err != nil {
+	defer s.archive.Seek(0, io.SeekStart)
+	var r io.Reader = s.archive
+	if compressed, err := isGzip(s.archive); err != nil {
+		return nil, badSource(s.name, "not a checkpoint archive: %v", err)
+	} else if compressed {
+		if r, err = archiveReader(s.archive); err != nil {
+			return nil, badSource(s.name, "%v", err)
+		}
+	}
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil, badSource(s.name, "%s", notOurArchive)
+		}
+		if err != nil {
+			return nil, badSource(s.name, "not a readable checkpoint archive: %v", err)
+		}
+		if name, ok := imageEntry(h.Name); ok && name == checkpoint.MetadataFile && h.Typeflag == tar.TypeReg {
+			m, err := checkpoint.Decode(tr)
+			if err != nil {
+				return nil, badSource(s.name, "%s: %v", h.Name, err)
+			}
+			return m, nil
+		}
+	}
+}
+
+// unpack unpacks an archive into dir, a new directory, for the restore; a
+// directory is restored from where it is.
+func (s *restoreSource) unpack(ctx context.Context, dir string) error {
+	if s.archive == nil {
+		return nil
+	}
+	if _, err := s.archive.Seek(0, io.SeekStart); err != nil {
+		return badSource(s.name, "%v", err)
+	}
+	err := unpackArchive(s.archive, dir)
+	s.close()
+	if err != nil {
 		_ = os.RemoveAll(dir)
-		return nil, bad("%v", err)
+		return badSource(s.name, "%v", err)
 	}
-	log.G(ctx).WithField("archive", name).WithField("dir", dir).Info("checkpoint archive unpacked for the restore")
-	return &restoreSource{name: name, dir: dir, unpacked: true}, nil
+	s.dir, s.unpacked = dir, true
+	log.G(ctx).WithField("archive", s.name).WithField("dir", dir).Info("checkpoint archive unpacked for the restore")
+	return nil
+}
+
+// close closes an archive not unpacked.
+func (s *restoreSource) close() {
+	if s != nil && s.archive != nil {
+		s.archive.Close()
+		s.archive = nil
+	}
 }
 
 // openBeneath opens path, which must lie beneath one of roots, resolving it
@@ -123,6 +185,8 @@ func openBeneath(roots []string, path string) (*os.File, error) {
 
 // archivePrefix is where a CRI checkpoint archive holds the runtime's image.
 const archivePrefix = "checkpoint/"
+
+var notOurArchive = fmt.Sprintf("the archive holds no %s: it is not a checkpoint of %s (a CRI archive of a container in another runtime, or not a checkpoint archive)", archivePrefix+checkpoint.MetadataFile, RuntimeName)
 
 // unpackArchive unpacks the checkpoint image a CRI checkpoint archive holds
 // (or, for a tar of a flat checkpoint directory, its top level) into dir,
@@ -167,7 +231,7 @@ func unpackArchive(f *os.File, dir string) error {
 		found = found || name == checkpoint.MetadataFile
 	}
 	if !found {
-		return fmt.Errorf("the archive holds no %s: it is not a checkpoint of %s (a CRI archive of a container in another runtime, or not a checkpoint archive)", archivePrefix+checkpoint.MetadataFile, RuntimeName)
+		return errors.New(notOurArchive)
 	}
 	return nil
 }
@@ -191,6 +255,15 @@ func imageEntry(name string) (string, bool) {
 		return "", false
 	}
 	return name, true
+}
+
+// isGzip tells whether f starts as a gzip stream does.
+func isGzip(f *os.File) (bool, error) {
+	var magic [2]byte
+	if _, err := f.ReadAt(magic[:], 0); err != nil {
+		return false, err
+	}
+	return magic[0] == 0x1f && magic[1] == 0x8b, nil
 }
 
 // archiveReader reads a tar, or a gzipped one.

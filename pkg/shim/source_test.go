@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -76,7 +77,15 @@ func newSourceEnv(t *testing.T) sourceEnv {
 
 func (e sourceEnv) resolve(t *testing.T, path string) (*restoreSource, error) {
 	spec := &specs.Spec{Annotations: map[string]string{AnnotationRestoreFrom: path}}
-	return annotatedSource(context.Background(), e.cfg, spec, "k8s.io", "c1")
+	src, err := annotatedSource(e.cfg, spec)
+	if err != nil {
+		return nil, err
+	}
+	defer src.close()
+	if err := src.unpack(context.Background(), filepath.Join(e.cfg.Checkpoint.unpackDir(), "k8s.io", "c1")); err != nil {
+		return nil, err
+	}
+	return src, nil
 }
 
 // A CRI checkpoint archive (what the kubelet and crictl checkpoint --export
@@ -166,31 +175,69 @@ func TestBadSources(t *testing.T) {
 	}
 }
 
-// A pod restores once, into the container of the checkpointed name; the
-// restored container started again starts fresh; other containers are
-// refused.
-func TestRestoreOnce(t *testing.T) {
-	sb := &sandbox{id: "pod"}
-	web, side := podSpec("pod", "web"), podSpec("pod", "sidecar")
-	src := &restoreSource{name: "/var/lib/kubelet/checkpoints/a.tar"}
-	if ok, err := sb.restoreOnce(web, src); !ok || err != nil {
-		t.Fatalf("first: %t, %v", ok, err)
-	}
-	sb.restoredFrom, sb.restoredName = src.name, "web"
-	if ok, err := sb.restoreOnce(web, src); ok || err != nil {
-		t.Fatalf("restart of the restored container: %t, %v (want a fresh start)", ok, err)
-	}
-	if _, err := sb.restoreOnce(side, src); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "cannot also run sidecar") {
-		t.Fatalf("another container: %v", err)
-	}
-	if ok, err := (&sandbox{restoredFrom: "x"}).restoreOnce(&specs.Spec{}, src); !ok || err != nil {
-		t.Fatalf("standalone: %t, %v", ok, err)
-	}
-	meta := &checkpoint.Metadata{Pod: &checkpoint.Pod{Containers: []checkpoint.PodContainer{{ID: "pod", Sandbox: true}, {ID: "a", Name: "web"}}}}
-	if err := checkSourceName(meta, web, src); err != nil {
+// podMeta is the metadata of a pod checkpoint whose application container
+// is web, the pod having run init to completion.
+func podMeta(t *testing.T) string {
+	m := checkpoint.Metadata{FormatVersion: checkpoint.FormatVersion, RunscVersion: "runsc test", Files: []checkpoint.File{{Name: "checkpoint.img", Size: 5}},
+		Pod: &checkpoint.Pod{SandboxID: "pod", Containers: []checkpoint.PodContainer{{ID: "pod", Sandbox: true}, {ID: "a", Name: "web"}}, Completed: []string{"init"}}}
+	b, err := json.Marshal(m)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := checkSourceName(meta, side, src); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "holds application container web") {
-		t.Fatalf("name mismatch: %v", err)
+	return string(b)
+}
+
+// A pod restores once, into the container of the checkpointed name, after
+// the containers that had run to completion in the checkpointed pod (init
+// containers) ran again, fresh; the restored container started again
+// starts fresh; other containers are refused. The archive's metadata is
+// read without unpacking it (plain and gzipped).
+func TestRestoresFrom(t *testing.T) {
+	for _, gz := range []bool{false, true} {
+		e := newSourceEnv(t)
+		archive := filepath.Join(e.root, "checkpoint-web.tar")
+		writeTar(t, archive, gz,
+			tarEntry{name: "config.dump", body: "{}"},
+			tarEntry{name: "checkpoint/checkpoint.img", body: "state"},
+			tarEntry{name: "checkpoint/" + checkpoint.MetadataFile, body: podMeta(t)},
+		)
+		ctx := context.Background()
+		sb := &sandbox{id: "pod2"}
+		web, init, side := podSpec("pod2", "web"), podSpec("pod2", "init"), podSpec("pod2", "sidecar")
+		open := func(spec *specs.Spec) *restoreSource {
+			spec.Annotations[AnnotationRestoreFrom] = archive
+			src, err := annotatedSource(e.cfg, spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(src.close)
+			return src
+		}
+		if ok, err := sb.restoresFrom(ctx, init, open(init)); ok || err != nil {
+			t.Fatalf("gzip %t: init container: %t, %v (want a fresh start)", gz, ok, err)
+		}
+		if ok, err := sb.restoresFrom(ctx, side, open(side)); ok || !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "holds application container web") {
+			t.Fatalf("gzip %t: another container before the restore: %t, %v", gz, ok, err)
+		}
+		src := open(web)
+		if ok, err := sb.restoresFrom(ctx, web, src); !ok || err != nil {
+			t.Fatalf("gzip %t: first: %t, %v", gz, ok, err)
+		}
+		if entries, _ := os.ReadDir(e.cfg.Checkpoint.UnpackDir); len(entries) != 0 {
+			t.Fatalf("gzip %t: the decision unpacked %v", gz, entries)
+		}
+		if err := src.unpack(ctx, filepath.Join(e.cfg.Checkpoint.unpackDir(), "k8s.io", "web")); err != nil {
+			t.Fatalf("gzip %t: unpack after reading the metadata: %v", gz, err)
+		}
+		sb.restoredFrom, sb.restoredName = archive, "web"
+		if ok, err := sb.restoresFrom(ctx, web, open(web)); ok || err != nil {
+			t.Fatalf("gzip %t: restart of the restored container: %t, %v (want a fresh start)", gz, ok, err)
+		}
+		if _, err := sb.restoresFrom(ctx, side, open(side)); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "cannot also run sidecar") {
+			t.Fatalf("gzip %t: another container after the restore: %v", gz, err)
+		}
+		if ok, err := (&sandbox{restoredFrom: "x"}).restoresFrom(ctx, &specs.Spec{}, open(&specs.Spec{Annotations: map[string]string{}})); !ok || err != nil {
+			t.Fatalf("gzip %t: standalone: %t, %v", gz, ok, err)
+		}
 	}
 }
