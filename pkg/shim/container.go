@@ -85,6 +85,18 @@ func newRunsc(cfg *Config, namespace, root string, b bundle, gpu bool, overlay2 
 	}
 }
 
+// hasExited tells whether the container's init process has exited.
+func (c *container) hasExited() bool {
+	c.mu.Lock()
+	done := c.initDone
+	c.mu.Unlock()
+	if done {
+		return true
+	}
+	st, _ := c.init.Status(context.Background())
+	return st == process.StatusStopped || st == process.StatusDeleted
+}
+
 // restoreName names the checkpoint the container was restored from: what
 // its restore annotation said, else the checkpoint directory.
 func (c *container) restoreName() string {

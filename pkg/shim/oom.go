@@ -73,6 +73,9 @@ func (w *oomWatcher) Add(id string, pid int) error {
 // Stop ends the watch of id; events that arrive afterwards are not
 // reported.
 func (w *oomWatcher) Stop(id string) {
+	if w == nil {
+		return
+	}
 	w.mu.Lock()
 	ow := w.watchers[id]
 	delete(w.watchers, id)

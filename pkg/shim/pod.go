@@ -128,8 +128,16 @@ func (sb *sandbox) podRules(c *container, exit bool) (*checkpoint.Pod, []*contai
 			{ID: c.id, Name: gvisorName(c.spec)},
 		},
 	}
+	sb.mu.Lock()
+	completed := slices.Clone(sb.completed)
+	sb.mu.Unlock()
 	for _, o := range exited {
-		if n := gvisorName(o.spec); n != "" && !slices.Contains(pod.Completed, n) {
+		if o.init.ExitStatus() == 0 {
+			completed = append(completed, gvisorName(o.spec))
+		}
+	}
+	for _, n := range completed {
+		if n != "" && n != gvisorName(c.spec) && !slices.Contains(pod.Completed, n) {
 			pod.Completed = append(pod.Completed, n)
 		}
 	}

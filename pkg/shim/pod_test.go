@@ -1,6 +1,7 @@
 package shim
 
 import (
+	"context"
 	"errors"
 	"os"
 	"strings"
@@ -226,5 +227,26 @@ func TestOOMWatchStop(t *testing.T) {
 	w.report("a", w.watchers["a"])
 	if strings.Join(got, ",") != "a,a" {
 		t.Fatalf("reported %v, want a twice (before the stop and on the new watch)", got)
+	}
+}
+
+// A pod's containers that ran to completion and were deleted (the CRI deletes
+// an exited container's task at once; the kubelet keeps only its record) are
+// named in a checkpoint of the pod as completed; a container that failed is
+// not, nor the checkpointed container's own name.
+func TestPodCompletedContainers(t *testing.T) {
+	pause, app := podContainer("pod", podSpec("pod", ""), false), podContainer("app", podSpec("pod", "web"), false)
+	initc, failed := podContainer("init", podSpec("pod", "init"), true), podContainer("bad", podSpec("pod", "migrate"), false)
+	failed.init.SetExited(1)
+	pods := testPods(pause, app, initc, failed)
+	sb := pods.lookup("pod")
+	sb.leave(context.Background(), initc)
+	sb.leave(context.Background(), failed)
+	pod, _, err := sb.podRules(app, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(pod.Completed, ","); got != "init" {
+		t.Fatalf("completed = %q, want init", got)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -40,6 +41,10 @@ type sandbox struct {
 	// restoredFrom is the checkpoint a pod restore replaced the sandbox
 	// with, restoredName the name of the application container it held.
 	restoredFrom, restoredName string
+	// completed names the pod's containers that ran to completion (exit
+	// status 0) and were deleted: its init containers, which a pod
+	// checkpoint names (checkpoint.Pod.Completed).
+	completed []string
 }
 
 // sandboxes are a shim's sandboxes, by id.
@@ -86,6 +91,9 @@ func (sb *sandbox) leave(ctx context.Context, c *container) {
 	sb.oom.Stop(c.id)
 	sb.mu.Lock()
 	delete(sb.members, c.id)
+	if n := gvisorName(c.spec); n != "" && c.hasExited() && c.init.ExitStatus() == 0 && !slices.Contains(sb.completed, n) {
+		sb.completed = append(sb.completed, n)
+	}
 	sb.mu.Unlock()
 	sb.reg.discard(ctx, sb)
 }

@@ -431,16 +431,17 @@ func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 	// A stopped container has no stats: NotFound, which containerd skips
 	// quietly (its CRI asks for metrics at every exit with status 137, to
 	// tell an OOM kill, and its stats collector each second).
-	stopped := func() bool {
-		st, _ := c.init.Status(ctx)
-		return st == process.StatusStopped || st == process.StatusDeleted
-	}
-	if stopped() {
+	if c.hasExited() {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("%w: container %s has stopped: it has no stats", errdefs.ErrNotFound, c.id))
 	}
 	st, err := c.rt.Stats(ctx, c.id)
 	if err != nil {
-		if stopped() {
+		// runsc fails for a container that has just exited, before the
+		// shim has heard of its exit.
+		for deadline := time.Now().Add(statsExitWait); time.Now().Before(deadline) && !c.hasExited(); {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if c.hasExited() {
 			err = fmt.Errorf("%w: container %s stopped: it has no stats", errdefs.ErrNotFound, c.id)
 		}
 		return nil, errgrpc.ToGRPC(err)
@@ -503,6 +504,10 @@ func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*pt
 // shutdownDelay lets the reply to the Delete that removed the last container
 // reach containerd before a requested shutdown ends the shim.
 const shutdownDelay = time.Second
+
+// statsExitWait is how long a Stats that runsc failed waits to hear that
+// the container exited (and answer NotFound) before it returns the error.
+const statsExitWait = time.Second
 
 // shutdownWhenIdle shuts the shim down shortly, unless it serves a container
 // again by then: containerd asked for the shutdown earlier, while containers
