@@ -44,7 +44,7 @@ func (d *Daemon) containerdConfig() ctrdconfig.Containerd {
 }
 
 // criConfig is the CRI of Options.CRI: our shim as the default runtime handler
-// (CRIRuntimeHandler), containerd's runc shim with runsc as CRIRuncRunscHandler, the
+// (CRIRuntimeHandler, passing the pod annotations RuntimePodAnnotations), containerd's runc shim with runsc as CRIRuncRunscHandler, the
 // test image as the pinned sandbox image, and the daemon's CNI configuration.
 func (d *Daemon) criConfig() *ctrdconfig.CRI {
 	return &ctrdconfig.CRI{
@@ -55,6 +55,9 @@ func (d *Daemon) criConfig() *ctrdconfig.CRI {
 			CRIRuntimeHandler: {
 				Type:    RuntimeName,
 				Options: map[string]any{"ConfigPath": d.ShimConfigPath},
+				// As deploy/containerd-config.toml: the shim's pod annotations
+				// (the restore annotation) reach its specs.
+				PodAnnotations: []string{RuntimePodAnnotations},
 			},
 			CRIRuncRunscHandler: {
 				Type:    RuncRuntimeName,

@@ -23,6 +23,9 @@ const (
 	ShimBinaryName = "containerd-shim-runsc-cuda-v1"
 	// RuntimeName is the runtime type served by the shim.
 	RuntimeName = "io.containerd.runsc-cuda.v1"
+	// RuntimePodAnnotations is the CRI handler's pod_annotations pattern for the
+	// shim's annotations (io.containerd.runsc-cuda.v1.restore-from, ...).
+	RuntimePodAnnotations = RuntimeName + ".*"
 )
 
 // ErrShimMissing reports that the shim's main package has no Go source yet.

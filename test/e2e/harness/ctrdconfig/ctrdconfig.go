@@ -70,6 +70,10 @@ type CRI struct {
 type Runtime struct {
 	Type    string
 	Options map[string]any
+	// PodAnnotations are the handler's pod_annotations: glob patterns of the pod
+	// annotations the CRI passes into the OCI specs of the pod's sandbox and
+	// containers; written when not empty.
+	PodAnnotations []string
 }
 
 // Shim describes the shim's runsc-cuda.toml (docs/configuration.md).
@@ -122,7 +126,11 @@ func (c Containerd) table() table {
 func (c *CRI) plugins() table {
 	runtimes := table{}
 	for name, r := range c.Runtimes {
-		runtimes[name] = table{"runtime_type": r.Type, "options": r.Options}
+		rt := table{"runtime_type": r.Type, "options": r.Options}
+		if len(r.PodAnnotations) > 0 {
+			rt["pod_annotations"] = r.PodAnnotations
+		}
+		runtimes[name] = rt
 	}
 	rt := table{
 		// runsc cannot lower oom_score_adj without CAP_SYS_RESOURCE.

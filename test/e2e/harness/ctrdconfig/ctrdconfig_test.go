@@ -44,7 +44,10 @@ func TestContainerdCRI(t *testing.T) {
 	c.DebugLevel = "debug"
 	c.CRI = &CRI{
 		Snapshotter: "overlayfs", SandboxImage: "localhost/x:1", DefaultRuntime: "a",
-		Runtimes:  map[string]Runtime{"a": {Type: "io.containerd.runsc-cuda.v1", Options: map[string]any{"ConfigPath": "/w/s.toml"}}},
+		Runtimes: map[string]Runtime{
+			"a": {Type: "io.containerd.runsc-cuda.v1", Options: map[string]any{"ConfigPath": "/w/s.toml"}, PodAnnotations: []string{"io.containerd.runsc-cuda.v1.*"}},
+			"b": {Type: "io.containerd.runc.v2"},
+		},
 		CNIBinDir: "/cni/bin", CNIConfDir: "/w/cni", NetNSUnderState: true,
 	}
 	got := decode(t, c)
@@ -58,9 +61,16 @@ func TestContainerdCRI(t *testing.T) {
 	if rt["netns_mounts_under_state_dir"] != true || rt["restrict_oom_score_adj"] != true {
 		t.Errorf("runtime plugin %v", rt)
 	}
-	opts := rt["containerd"].(map[string]any)["runtimes"].(map[string]any)["a"].(map[string]any)["options"]
-	if !reflect.DeepEqual(opts, map[string]any{"ConfigPath": "/w/s.toml"}) {
-		t.Errorf("runtime options %v", opts)
+	runtimes := rt["containerd"].(map[string]any)["runtimes"].(map[string]any)
+	a := runtimes["a"].(map[string]any)
+	if !reflect.DeepEqual(a["options"], map[string]any{"ConfigPath": "/w/s.toml"}) {
+		t.Errorf("runtime options %v", a["options"])
+	}
+	if !reflect.DeepEqual(a["pod_annotations"], []any{"io.containerd.runsc-cuda.v1.*"}) {
+		t.Errorf("pod_annotations %v", a["pod_annotations"])
+	}
+	if _, ok := runtimes["b"].(map[string]any)["pod_annotations"]; ok {
+		t.Errorf("a handler without pod annotations has pod_annotations: %v", runtimes["b"])
 	}
 }
 
