@@ -54,7 +54,7 @@ func newRestoreEnv(t *testing.T, opts harness.Options) *restoreEnv {
 // restorePod runs a pod annotated to restore from checkpoint.
 func (e *restoreEnv) restorePod(ctx context.Context, t *testing.T, name string, onNetwork bool, checkpoint string) pod {
 	t.Helper()
-	return e.startPod(ctx, t, name, onNetwork, map[string]string{annotationRestore: checkpoint})
+	return e.startPod(ctx, t, name, podOpts{onNetwork: onNetwork, annotations: map[string]string{annotationRestore: checkpoint}})
 }
 
 // checkpointCounter runs a pod with a counter that also wrote /state into its rootfs,

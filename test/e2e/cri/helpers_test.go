@@ -146,7 +146,7 @@ type pod struct {
 // handler.
 func (e *criEnv) runPod(ctx context.Context, t *testing.T, name string) pod {
 	t.Helper()
-	return e.startPod(ctx, t, name, false, nil)
+	return e.startPod(ctx, t, name, podOpts{})
 }
 
 // runPodOnNetwork runs a pod sandbox with the runsc-cuda runtime handler in a network
@@ -154,20 +154,37 @@ func (e *criEnv) runPod(ctx context.Context, t *testing.T, name string) pod {
 // environment from newBridgeCRIEnv); podIP gives its address.
 func (e *criEnv) runPodOnNetwork(ctx context.Context, t *testing.T, name string) pod {
 	t.Helper()
-	return e.startPod(ctx, t, name, true, nil)
+	return e.startPod(ctx, t, name, podOpts{onNetwork: true})
 }
 
-// startPod runs a pod sandbox named name with the pod annotations annotations, on the
-// daemon's CNI network (onNetwork, as runPodOnNetwork) or in the host network
-// namespace (as runPod).
-func (e *criEnv) startPod(ctx context.Context, t *testing.T, name string, onNetwork bool, annotations map[string]string) pod {
+// podOpts say how startPod runs a pod.
+type podOpts struct {
+	// onNetwork: on the daemon's CNI network (as runPodOnNetwork), else in the host
+	// network namespace (as runPod).
+	onNetwork bool
+	// annotations are the pod's annotations.
+	annotations map[string]string
+	// pid is the pod's namespace_options.pid: pidPod (0, crictl's default when
+	// unset, the kubelet's with shareProcessNamespace) or pidContainer (the
+	// kubelet's default).
+	pid int
+}
+
+// The CRI's NamespaceMode for a pod's PID namespace.
+const (
+	pidPod       = 0
+	pidContainer = 1
+)
+
+// startPod runs a pod sandbox named name with the runsc-cuda runtime handler, as opts
+// say.
+func (e *criEnv) startPod(ctx context.Context, t *testing.T, name string, opts podOpts) pod {
 	t.Helper()
-	linux := map[string]any{}
-	if !onNetwork {
-		linux["security_context"] = map[string]any{
-			"namespace_options": map[string]any{"network": networkNode},
-		}
+	nsOpts := map[string]any{"pid": opts.pid}
+	if !opts.onNetwork {
+		nsOpts["network"] = networkNode
 	}
+	linux := map[string]any{"security_context": map[string]any{"namespace_options": nsOpts}}
 	logDir := filepath.Join(e.dir, "logs", name)
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		t.Fatal(err)
@@ -182,7 +199,7 @@ func (e *criEnv) startPod(ctx context.Context, t *testing.T, name string, onNetw
 		"hostname":      name,
 		"log_directory": logDir,
 		"linux":         linux,
-		"annotations":   annotations,
+		"annotations":   opts.annotations,
 	})
 	id := e.crictl(ctx, t, "runp", "--runtime", harness.CRIRuntimeHandler, cfg)
 	t.Logf("pod %s: %s", name, id)
