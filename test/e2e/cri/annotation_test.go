@@ -436,3 +436,58 @@ func writeTar(t *testing.T, path string, files map[string]string) {
 		t.Fatal(err)
 	}
 }
+
+// TestRestoreAnnotationVolume restores a pod whose container has a volume, as the
+// kubelet gives every pod its own directory for a volume (emptyDir, the service
+// account token: /var/lib/kubelet/pods/<uid>/volumes/...): the restored pod's volume
+// is another host directory with the same files at the same mount point, and the
+// restored counter reads them. A restoring container without the volume is refused
+// before anything is created.
+func TestRestoreAnnotationVolume(t *testing.T) {
+	e := newRestoreEnv(t, harness.Options{CNI: harness.CNILoopback})
+	ctx := testCtx(t, 5*time.Minute)
+	volume := func(name string) map[string]any {
+		dir := filepath.Join(t.TempDir(), name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "token"), []byte("secret\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return map[string]any{"container_path": "/data", "host_path": dir}
+	}
+	withVolume := func(m map[string]any) map[string]any {
+		cfg := e.containerConfig("counter", e.ref, counterCmd...)
+		if m != nil {
+			cfg["mounts"] = []any{m}
+		}
+		return cfg
+	}
+
+	p := e.runPod(ctx, t, "orig")
+	counter := e.createWith(ctx, t, p, "ctr-orig-counter.json", withVolume(volume("orig")))
+	e.crictl(ctx, t, "start", counter)
+	e.waitCountAbove(ctx, t, counter, 5, startWait)
+	e.crictl(ctx, t, "exec", counter, "sh", "-c", "echo kept > /state")
+	archive := filepath.Join(e.root, "ckpt.tar")
+	archived := e.exportCounter(ctx, t, counter, archive, 5)
+	e.forceRemovePod(ctx, t, p)
+	e.waitNoSandboxProcesses(t, 30*time.Second)
+
+	bad := e.restorePod(ctx, t, "no-volume", false, archive)
+	id := e.createWith(ctx, t, bad, "ctr-novolume-counter.json", withVolume(nil))
+	e.expectStartError(ctx, t, id, "FailedPrecondition", "runsc needs the same mount points")
+	e.checkOnlySandbox(ctx, t, bad)
+	e.forceRemovePod(ctx, t, bad)
+	e.checkNothingLeft(t)
+
+	p2 := e.restorePod(ctx, t, "restored", false, archive)
+	id = e.createWith(ctx, t, p2, "ctr-restored-counter.json", withVolume(volume("restored")))
+	e.crictl(ctx, t, "start", id)
+	e.checkRestored(ctx, t, id, archived)
+	if out := e.crictl(ctx, t, "exec", id, "cat", "/data/token"); out != "secret" {
+		t.Fatalf("/data/token in the restored container: %q", out)
+	}
+	e.forceRemovePod(ctx, t, p2)
+	e.checkNothingLeft(t)
+}
