@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -258,26 +259,18 @@ func (e *criEnv) expectStartError(ctx context.Context, t *testing.T, id string, 
 	}
 }
 
-// extractCheckpointDir writes the files of the archive's checkpoint/ directory into
-// dir, as an operator who unpacks a kubelet checkpoint does.
+// extractCheckpointDir puts the files of the archive's checkpoint/ directory into
+// dir, flat, with the command docs/kubernetes.md gives for it.
 func extractCheckpointDir(t *testing.T, archive, dir string) {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	n := 0
-	for name, data := range tarEntries(t, archive) {
-		rest, ok := strings.CutPrefix(name, "checkpoint/")
-		if !ok || data == nil || rest == "" {
-			continue
-		}
-		if err := os.WriteFile(filepath.Join(dir, rest), data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		n++
+	if out, err := exec.Command("tar", "-xf", archive, "-C", dir, "--strip-components=1", "checkpoint/").CombinedOutput(); err != nil {
+		t.Fatalf("tar -xf %s -C %s --strip-components=1 checkpoint/: %v\n%s", archive, dir, err, out)
 	}
-	if n == 0 {
-		t.Fatalf("%s has no checkpoint/ files", archive)
+	if _, err := os.Stat(filepath.Join(dir, "runsc-cuda.json")); err != nil {
+		t.Fatalf("the extracted checkpoint directory: %v", err)
 	}
 }
 
