@@ -1,8 +1,11 @@
 package shim
 
 import (
+	"fmt"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -33,8 +36,9 @@ func TestDeployExamples(t *testing.T) {
 		Plugins map[string]struct {
 			Containerd struct {
 				Runtimes map[string]struct {
-					RuntimeType string            `toml:"runtime_type"`
-					Options     map[string]string `toml:"options"`
+					RuntimeType    string            `toml:"runtime_type"`
+					Options        map[string]string `toml:"options"`
+					PodAnnotations []string          `toml:"pod_annotations"`
 				} `toml:"runtimes"`
 			} `toml:"containerd"`
 		} `toml:"plugins"`
@@ -50,11 +54,109 @@ func TestDeployExamples(t *testing.T) {
 		t.Fatalf("runsc-cuda handler: runtime_type %q, ConfigPath %q; want %q and %q", rt.RuntimeType, rt.Options["ConfigPath"], RuntimeName, DefaultConfigPath)
 	}
 
-	rc, err := os.ReadFile(filepath.Join(dir, "runtimeclass.yaml"))
-	if err != nil {
-		t.Fatal(err)
+	// The CRI passes the restore annotation of a pod only through the handler's
+	// pod_annotations.
+	if !slices.ContainsFunc(rt.PodAnnotations, func(p string) bool { ok, _ := path.Match(p, AnnotationRestoreFrom); return ok }) {
+		t.Fatalf("runsc-cuda handler: pod_annotations %q do not pass %s", rt.PodAnnotations, AnnotationRestoreFrom)
 	}
-	if !strings.Contains(string(rc), "kind: RuntimeClass") || !strings.Contains(string(rc), "\nhandler: runsc-cuda\n") {
-		t.Fatal("deploy/runtimeclass.yaml does not declare RuntimeClass handler runsc-cuda")
+
+	manifests := map[string][]map[string]string{}
+	for _, name := range []string{"runtimeclass.yaml", "restore-pod.yaml", "restore-job.yaml"} {
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, doc := range strings.Split(string(data), "\n---\n") {
+			v, err := yamlValues(doc)
+			if err != nil {
+				t.Fatalf("deploy/%s, document %d: %v", name, i+1, err)
+			}
+			if v["apiVersion"] == "" || v["kind"] == "" || v["metadata/name"] == "" {
+				t.Fatalf("deploy/%s, document %d: no apiVersion, kind or metadata.name", name, i+1)
+			}
+			manifests[name] = append(manifests[name], v)
+		}
 	}
+	rc := manifests["runtimeclass.yaml"]
+	if len(rc) != 2 || rc[0]["kind"] != "RuntimeClass" || rc[0]["handler"] != "runsc-cuda" || rc[1]["kind"] != "Pod" {
+		t.Fatalf("deploy/runtimeclass.yaml: want RuntimeClass handler runsc-cuda and an example Pod, got %v", rc)
+	}
+	// The restore examples restore a checkpoint of the example pod: the same
+	// container, the archive under the kubelet's checkpoint directory, which is a
+	// default restore root.
+	example := rc[1]
+	for _, m := range []struct {
+		file, kind, pod string
+	}{{"restore-pod.yaml", "Pod", ""}, {"restore-job.yaml", "Job", "spec/template/"}} {
+		v := manifests[m.file][0]
+		if len(manifests[m.file]) != 1 || v["kind"] != m.kind {
+			t.Fatalf("deploy/%s: want one %s", m.file, m.kind)
+		}
+		if from := v[m.pod+"metadata/annotations/"+AnnotationRestoreFrom]; !strings.HasPrefix(from, KubeletCheckpointDir+"/checkpoint-") || !strings.HasSuffix(from, ".tar") {
+			t.Errorf("deploy/%s: the pod's annotation %s = %q, want a kubelet checkpoint archive in %s", m.file, AnnotationRestoreFrom, from, KubeletCheckpointDir)
+		}
+		if v[m.pod+"spec/runtimeClassName"] != "runsc-cuda" {
+			t.Errorf("deploy/%s: runtimeClassName %q, want runsc-cuda", m.file, v[m.pod+"spec/runtimeClassName"])
+		}
+		for _, k := range []string{"name", "image", "command"} {
+			if got, want := v[m.pod+"spec/containers/-/"+k], example["spec/containers/-/"+k]; got != want {
+				t.Errorf("deploy/%s: container %s %q, want the example pod's %q", m.file, k, got, want)
+			}
+		}
+	}
+	if rp := manifests["restore-job.yaml"][0]["spec/template/spec/restartPolicy"]; rp != "Never" {
+		t.Errorf("deploy/restore-job.yaml: restartPolicy %q, want Never (a retry is a new pod, restored again)", rp)
+	}
+}
+
+// yamlValues reads the block-style YAML the deploy examples use (maps, lists of
+// maps, scalars, flow sequences kept as written) into its scalar values by path:
+// keys joined by "/", "-" for a list item ("spec/containers/-/name"; of several
+// items the first is kept).
+func yamlValues(doc string) (map[string]string, error) {
+	type level struct {
+		indent int
+		name   string
+	}
+	var stack []level
+	out := map[string]string{}
+	for n, line := range strings.Split(doc, "\n") {
+		if strings.Contains(line, "\t") {
+			return nil, fmt.Errorf("line %d: tab", n+1)
+		}
+		text := strings.TrimLeft(line, " ")
+		if text == "" || strings.HasPrefix(text, "#") || text == "---" {
+			continue
+		}
+		indent := len(line) - len(text)
+		pop := func(i int) {
+			for len(stack) > 0 && stack[len(stack)-1].indent >= i {
+				stack = stack[:len(stack)-1]
+			}
+		}
+		if rest, ok := strings.CutPrefix(text, "- "); ok {
+			pop(indent)
+			stack = append(stack, level{indent, "-"})
+			indent, text = indent+2, rest
+		}
+		key, value, ok := strings.Cut(text, ":")
+		if !ok || key == "" || strings.ContainsAny(key, " \"'") {
+			return nil, fmt.Errorf("line %d: not a key: %q", n+1, line)
+		}
+		pop(indent)
+		value = strings.TrimSpace(value)
+		if value == "" {
+			stack = append(stack, level{indent, key})
+			continue
+		}
+		names := make([]string, 0, len(stack)+1)
+		for _, l := range stack {
+			names = append(names, l.name)
+		}
+		p := strings.Join(append(names, key), "/")
+		if _, dup := out[p]; !dup {
+			out[p] = strings.Trim(value, `"'`)
+		}
+	}
+	return out, nil
 }

@@ -45,7 +45,8 @@ type criEnv struct {
 // newCRIEnv starts a containerd with the CRI (version "" is the default one, or
 // $RCUDA_E2E_CONTAINERD) and a loopback-only CNI network: test pods use the host
 // network namespace (runPod). $CRI_E2E_SHIMCONFIG, when set, is TOML merged into the
-// shim's config (to try runsc options); $CRI_E2E_KEEP_LOGS names a directory that
+// shim's config (to try runsc options; appended to a test's own shim config, so it
+// must not repeat its tables); $CRI_E2E_KEEP_LOGS names a directory that
 // keeps containerd's log of each test.
 func newCRIEnv(t *testing.T, version, extraConfig string) *criEnv {
 	t.Helper()
@@ -64,7 +65,9 @@ func newBridgeCRIEnv(t *testing.T, version string) *criEnv {
 func startCRIEnv(t *testing.T, opts harness.Options) *criEnv {
 	t.Helper()
 	opts.CRI = true
-	opts.ShimConfig = os.Getenv("CRI_E2E_SHIMCONFIG")
+	if extra := os.Getenv("CRI_E2E_SHIMCONFIG"); extra != "" {
+		opts.ShimConfig += "\n" + extra
+	}
 	d := harness.StartContainerd(t, opts)
 	if dir := os.Getenv("CRI_E2E_KEEP_LOGS"); dir != "" {
 		// Debugging aid: keep containerd's log after the test.
@@ -143,11 +146,7 @@ type pod struct {
 // handler.
 func (e *criEnv) runPod(ctx context.Context, t *testing.T, name string) pod {
 	t.Helper()
-	return e.startPod(ctx, t, name, map[string]any{
-		"security_context": map[string]any{
-			"namespace_options": map[string]any{"network": networkNode},
-		},
-	})
+	return e.startPod(ctx, t, name, podOpts{})
 }
 
 // runPodOnNetwork runs a pod sandbox with the runsc-cuda runtime handler in a network
@@ -155,12 +154,37 @@ func (e *criEnv) runPod(ctx context.Context, t *testing.T, name string) pod {
 // environment from newBridgeCRIEnv); podIP gives its address.
 func (e *criEnv) runPodOnNetwork(ctx context.Context, t *testing.T, name string) pod {
 	t.Helper()
-	return e.startPod(ctx, t, name, map[string]any{})
+	return e.startPod(ctx, t, name, podOpts{onNetwork: true})
 }
 
-// startPod runs a pod sandbox named name with the pod config's linux section linux.
-func (e *criEnv) startPod(ctx context.Context, t *testing.T, name string, linux map[string]any) pod {
+// podOpts say how startPod runs a pod.
+type podOpts struct {
+	// onNetwork: on the daemon's CNI network (as runPodOnNetwork), else in the host
+	// network namespace (as runPod).
+	onNetwork bool
+	// annotations are the pod's annotations.
+	annotations map[string]string
+	// pid is the pod's namespace_options.pid: pidPod (0, crictl's default when
+	// unset, the kubelet's with shareProcessNamespace) or pidContainer (the
+	// kubelet's default).
+	pid int
+}
+
+// The CRI's NamespaceMode for a pod's PID namespace.
+const (
+	pidPod       = 0
+	pidContainer = 1
+)
+
+// startPod runs a pod sandbox named name with the runsc-cuda runtime handler, as opts
+// say.
+func (e *criEnv) startPod(ctx context.Context, t *testing.T, name string, opts podOpts) pod {
 	t.Helper()
+	nsOpts := map[string]any{"pid": opts.pid}
+	if !opts.onNetwork {
+		nsOpts["network"] = networkNode
+	}
+	linux := map[string]any{"security_context": map[string]any{"namespace_options": nsOpts}}
 	logDir := filepath.Join(e.dir, "logs", name)
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		t.Fatal(err)
@@ -175,6 +199,7 @@ func (e *criEnv) startPod(ctx context.Context, t *testing.T, name string, linux 
 		"hostname":      name,
 		"log_directory": logDir,
 		"linux":         linux,
+		"annotations":   opts.annotations,
 	})
 	id := e.crictl(ctx, t, "runp", "--runtime", harness.CRIRuntimeHandler, cfg)
 	t.Logf("pod %s: %s", name, id)

@@ -15,6 +15,8 @@
 package cri
 
 import (
+	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -97,5 +99,151 @@ func TestPodCompat(t *testing.T) {
 	e.waitNoSandboxProcesses(t, 30*time.Second)
 	if out := e.crictl(ctx, t, "ps", "-a", "-q"); out != "" {
 		t.Fatalf("containers left after rmp: %q", out)
+	}
+}
+
+// TestPodStopBackgroundChildCompat stops pod containers whose main process started a
+// background child, in a pod whose containers share the pod's PID namespace (the
+// CRI's POD mode: crictl's default, the kubelet's with shareProcessNamespace) and in
+// one where each container has its own (CONTAINER, the kubelet's default): a main
+// process that exits on SIGTERM and one that ignores it (stopped by SIGKILL after the
+// grace period). Each stop finishes within seconds, the container is exited with the
+// main process's status, its child is gone, the pod's other container runs on,
+// CRI stats of the pod's containers work throughout and containerd logs no metrics
+// errors about the stopped ones, and rmp -f removes the pod promptly.
+func TestPodStopBackgroundChildCompat(t *testing.T) {
+	e := newCRIEnv(t, "", "")
+	ctx := testCtx(t, 5*time.Minute)
+	for _, mode := range []struct {
+		name string
+		pid  int
+	}{{"shared PID namespace", pidPod}, {"PID namespace per container", pidContainer}} {
+		t.Run(mode.name, func(t *testing.T) {
+			logFrom := len(e.d.Logs())
+			p := e.startPod(ctx, t, strings.ReplaceAll(mode.name, " ", "-"), podOpts{pid: mode.pid})
+			start := func(name string, command ...string) string {
+				cfg := e.containerConfig(name, e.ref, command...)
+				cfg["linux"] = map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"pid": mode.pid}}}
+				id := e.createWith(ctx, t, p, "ctr-"+p.Name+"-"+name+".json", cfg)
+				e.crictl(ctx, t, "start", id)
+				return id
+			}
+			counter := start("counter", "/workload", "counter", "--interval", "200ms")
+			// sh forks the child and execs the workload, which exits 0 on SIGTERM.
+			term := start("term", "sh", "-c", "sleep 100001 & exec /workload signals")
+			// sh ignores SIGTERM (and so does its child) until SIGKILL.
+			kill := start("kill", "sh", "-c", "trap '' TERM; sleep 100002 & while :; do sleep 1; done")
+			for _, id := range []string{term, kill} {
+				e.waitState(ctx, t, id, "CONTAINER_RUNNING", startWait)
+			}
+			e.waitCountAbove(ctx, t, counter, 1, startWait)
+			e.waitLog(ctx, t, term, "^ready", startWait)
+			if mode.pid == pidPod {
+				e.waitPs(ctx, t, counter, "sleep 100001", true)
+				e.waitPs(ctx, t, counter, "sleep 100002", true)
+			}
+
+			for _, c := range []struct {
+				id, child   string
+				grace, code int
+				within      time.Duration
+				main        string // what the main process does on SIGTERM
+			}{
+				{term, "sleep 100001", 10, 0, 5 * time.Second, "exits on SIGTERM"},
+				{kill, "sleep 100002", 2, 137, 2*time.Second + 5*time.Second, "ignores SIGTERM"},
+			} {
+				begin := time.Now()
+				if _, err := e.crictlE(ctx, "stop", "--timeout", strconv.Itoa(c.grace), c.id); err != nil {
+					t.Fatalf("crictl stop of a container whose main process %s and has a background child: %v", c.main, err)
+				}
+				took := time.Since(begin)
+				t.Logf("crictl stop --timeout %d of the container whose main process %s took %v", c.grace, c.main, took.Round(time.Millisecond))
+				if took > c.within {
+					t.Errorf("crictl stop took %v, want less than %v", took.Round(time.Millisecond), c.within)
+				}
+				st := e.waitState(ctx, t, c.id, "CONTAINER_EXITED", exitWait)
+				if st.Status.ExitCode != c.code {
+					t.Errorf("exit code %d after stop, want %d", st.Status.ExitCode, c.code)
+				}
+				if mode.pid == pidPod {
+					e.waitPs(ctx, t, counter, c.child, false)
+				}
+			}
+			n := e.lastCount(ctx, t, counter)
+			e.waitCountAbove(ctx, t, counter, n, 10*time.Second)
+
+			// Stats (ListContainerStats, what the kubelet asks) of the running
+			// and the stopped containers; containerd's stats collector polls
+			// the tasks each second meanwhile.
+			for _, id := range []string{counter, term, kill} {
+				if out, err := e.crictlE(ctx, "stats", "-a", "-o", "json", "--id", id); err != nil {
+					t.Errorf("crictl stats of %s: %v", id, err)
+				} else if !strings.Contains(out, id) {
+					t.Errorf("crictl stats does not list %s:\n%s", id, out)
+				}
+			}
+			if _, err := e.crictlE(ctx, "stats", "-a", "-o", "json"); err != nil {
+				t.Errorf("crictl stats -a: %v", err)
+			}
+			time.Sleep(3 * time.Second)
+
+			begin := time.Now()
+			e.forceRemovePod(ctx, t, p)
+			e.waitNoSandboxProcesses(t, 30*time.Second)
+			t.Logf("rmp -f and the pod's processes gone in %v", time.Since(begin).Round(time.Millisecond))
+			time.Sleep(3 * time.Second)
+			t.Run("no metrics errors", func(t *testing.T) {
+				e.checkNoMetricsErrors(t, logFrom, p.ID, counter, term, kill)
+			})
+		})
+	}
+}
+
+// waitPs waits until ps in container id lists (or, with !present, no longer lists) a
+// process whose command line contains cmd.
+func (e *criEnv) waitPs(ctx context.Context, t *testing.T, id, cmd string, present bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out := e.crictl(ctx, t, "exec", id, "ps")
+		if strings.Contains(out, cmd) == present {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ps in %s: %q present=%t after 10s, want %t:\n%s", id, cmd, !present, present, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// checkNoMetricsErrors fails the test when containerd logged, after byte from of its
+// log, errors about metrics of any of ids. containerd asks a task's metrics (the
+// shim's Stats) for CRI stats, each second for its stats collector, and once for
+// an exit with status 137 (to tell an OOM kill); the shim must answer a container
+// that is stopped or gone with NotFound, which containerd skips quietly. A request
+// the shim's exit cut short (ttrpc: closed, at the pod's removal) is only logged.
+func (e *criEnv) checkNoMetricsErrors(t *testing.T, from int, ids ...string) {
+	t.Helper()
+	perID := map[string][]string{}
+	for _, l := range strings.Split(e.d.Logs()[from:], "\n") {
+		if !strings.Contains(l, "level=error") || !strings.Contains(strings.ToLower(l), "metrics") {
+			continue
+		}
+		for _, id := range ids {
+			if !strings.Contains(l, id) {
+				continue
+			}
+			if strings.Contains(l, "ttrpc: closed") {
+				t.Logf("containerd asked metrics of %s as its shim exited: %s", id, l)
+			} else {
+				perID[id] = append(perID[id], l)
+			}
+			break
+		}
+	}
+	for _, id := range ids {
+		if bad := perID[id]; len(bad) > 0 {
+			t.Errorf("containerd logged %d metrics errors about %s (repeated: %t); the first:\n%s", len(bad), id, len(bad) > 1, bad[0])
+		}
 	}
 }

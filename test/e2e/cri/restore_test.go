@@ -41,22 +41,10 @@ func TestRestoreCRI(t *testing.T) {
 	e := newCRIEnv(t, "2.3.7", restoreConfig)
 	ctx := testCtx(t, 5*time.Minute)
 
-	p := e.runPod(ctx, t, "orig")
 	// An init-like container that ran and exited stays in the pod (the kubelet
 	// keeps exited init containers); the checkpoint leaves it out.
-	initc := e.startContainer(ctx, t, p, "init", "/workload", "exit", "--code", "0")
-	e.waitState(ctx, t, initc, "CONTAINER_EXITED", exitWait)
-	counter := e.startContainer(ctx, t, p, "counter", "/workload", "counter", "--interval", "200ms")
-	e.waitCountAbove(ctx, t, counter, 5, startWait)
-	e.crictl(ctx, t, "exec", counter, "sh", "-c", "echo kept > /state")
 	archive := filepath.Join(e.dir, "counter.tar")
-	e.crictl(ctx, t, "checkpoint", "--export="+archive, counter)
-	archived := countsIn(string(tarEntries(t, archive)["container.log"]))
-	if len(archived) == 0 || archived[len(archived)-1] <= 5 {
-		t.Fatalf("the archive's container.log holds counts %v, want some above 5", archived)
-	}
-	e.removePod(ctx, t, p)
-	e.waitNoSandboxProcesses(t, 30*time.Second)
+	archived := e.checkpointCounter(ctx, t, "orig", archive, true)
 
 	// Restore into a new pod, under another container name.
 	p2 := e.runPod(ctx, t, "restored")
@@ -164,6 +152,19 @@ func TestRestoreCRIFailure(t *testing.T) {
 	e.waitNoSandboxProcesses(t, 30*time.Second)
 }
 
+// exportCounter checkpoints the counter id with crictl checkpoint --export=archive
+// and returns the counts the archive's container.log holds, which must reach past
+// above.
+func (e *criEnv) exportCounter(ctx context.Context, t *testing.T, id, archive string, above int) []int {
+	t.Helper()
+	e.crictl(ctx, t, "checkpoint", "--export="+archive, id)
+	archived := countsIn(string(tarEntries(t, archive)["container.log"]))
+	if len(archived) == 0 || archived[len(archived)-1] <= above {
+		t.Fatalf("the archive's container.log holds counts %v, want some above %d", archived, above)
+	}
+	return archived
+}
+
 // countsIn returns the values of the count=N lines in a log, in order.
 func countsIn(log string) []int {
 	var out []int
@@ -192,8 +193,7 @@ func TestRestoreCRIImage(t *testing.T) {
 	counter := e.startContainer(ctx, t, p, "counter", "/workload", "counter", "--interval", "200ms")
 	e.waitCountAbove(ctx, t, counter, 3, startWait)
 	archive := filepath.Join(e.dir, "counter.tar")
-	e.crictl(ctx, t, "checkpoint", "--export="+archive, counter)
-	archived := countsIn(string(tarEntries(t, archive)["container.log"]))
+	archived := e.exportCounter(ctx, t, counter, archive, 3)
 	e.removePod(ctx, t, p)
 
 	ref := "localhost/checkpoints/counter:1"
