@@ -67,7 +67,7 @@ bundle: tools build
 	cp "$$RCUDA_BUSYBOX" $(GPU_BUNDLE)/busybox; \
 	strip --strip-all -o $(GPU_BUNDLE)/crictl "$$RCUDA_CRICTL"; \
 	mkdir -p $(GPU_BUNDLE)/cni $(GPU_BUNDLE)/criu-lib; \
-	strip --strip-all -o $(GPU_BUNDLE)/cni/loopback "$$RCUDA_CNI_BIN_DIR/loopback"; \
+	for p in loopback bridge host-local; do strip --strip-all -o $(GPU_BUNDLE)/cni/$$p "$$RCUDA_CNI_BIN_DIR/$$p"; done; \
 	cp "$$RCUDA_CRIU" $(GPU_BUNDLE)/criu-lib/criu; \
 	for l in $$(ldd "$$RCUDA_CRIU" | awk '/=>/ {print $$3}' | grep -v '/libc\.so'); do cp -L $$l $(GPU_BUNDLE)/criu-lib/; done; \
 	printf '#!/bin/sh\n# criu with its libraries from the bundle: containerd'"'"'s CRI checks that criu runs before a\n# checkpoint (it never runs it for runsc).\nd=$$(dirname "$$(readlink -f "$$0")")/criu-lib\nLD_LIBRARY_PATH=$$d exec $$d/criu "$$@"\n' > $(GPU_BUNDLE)/criu; \

@@ -19,6 +19,9 @@
 #   MATRIX=1  first run the workload-class matrix (matrix.sh; its inputs
 #             CLASSES, GIB, TORCH_PY, ... pass through) into $OUT/matrix,
 #             capped at what LIMIT_S leaves (T_ALL, at most 900 s)
+#   POD=1     also run the GPU pod scenario (pod.sh: CRI checkpoint, restore
+#             by annotation into a new pod on a CNI bridge) into $OUT/pod,
+#             after the matrix
 #   DRY=1     no GPU: both run their plumbing on host memory (see run.sh)
 set -uo pipefail
 cd "$(dirname "$0")/../../.."
@@ -48,6 +51,12 @@ if [ "${MATRIX:-0}" = 1 ]; then
 	log "matrix: classes '${CLASSES:-1 2 3 4 5 6 7}', ${T_ALL:-$left} s limit"
 	T_ALL=${T_ALL:-$left} BIN=$BIN OUT=$OUT/matrix test/e2e/gpu/matrix.sh || rc=1
 	log "matrix done (rc $rc) after $(($(date +%s) - START)) s"
+fi
+
+if [ "${POD:-0}" = 1 ]; then
+	log "pod scenario"
+	timeout -s KILL 300 env BIN=$BIN OUT=$OUT/pod test/e2e/gpu/pod.sh || rc=1
+	log "pod scenario done (rc $rc) after $(($(date +%s) - START)) s"
 fi
 
 if [ "${NO_SCENARIO:-0}" != 1 ]; then
