@@ -62,6 +62,10 @@ type Metadata struct {
 type Pod struct {
 	// SandboxID is the pod's sandbox (pause) container.
 	SandboxID string `json:"sandbox_id"`
+	// Namespace is the pod's Kubernetes namespace: a restore annotation
+	// restores the checkpoint only into a pod of the same namespace unless
+	// the shim's checkpoint.cross_namespace_restore allows it.
+	Namespace string `json:"namespace,omitempty"`
 	// Containers are the containers in the sandbox, the sandbox container
 	// first.
 	Containers []PodContainer `json:"containers"`

@@ -72,6 +72,12 @@ type CheckpointConfig struct {
 	// UnpackDir is where checkpoint archives named by a restore annotation
 	// are unpacked for the restore (DefaultUnpackDir when empty).
 	UnpackDir string `toml:"unpack_dir" json:"unpack_dir,omitempty"`
+	// CrossNamespaceRestore lets a restore annotation restore a pod
+	// checkpoint into a pod of another Kubernetes namespace. Off, a pod
+	// restores only checkpoints of pods of its own namespace: anyone who may
+	// create a pod of this runtime could otherwise name another namespace's
+	// checkpoint under the restore roots and read the memory it holds.
+	CrossNamespaceRestore bool `toml:"cross_namespace_restore" json:"cross_namespace_restore,omitempty"`
 }
 
 // The directories restore annotations may name checkpoints in when the

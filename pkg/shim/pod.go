@@ -123,6 +123,7 @@ func (sb *sandbox) podRules(c *container, exit bool) (*checkpoint.Pod, []*contai
 	}
 	pod := &checkpoint.Pod{
 		SandboxID: sb.id,
+		Namespace: c.spec.Annotations[annotationSandboxNamespace],
 		Containers: []checkpoint.PodContainer{
 			{ID: root.id, Name: gvisorName(root.spec), Sandbox: true},
 			{ID: c.id, Name: gvisorName(c.spec)},
@@ -333,6 +334,10 @@ func (sb *sandbox) restoresFrom(ctx context.Context, spec *specs.Spec, src *rest
 	case err != nil || meta.Pod == nil:
 		// The restore's checks say what is wrong with it.
 		return true, nil
+	}
+	if ns := spec.Annotations[annotationSandboxNamespace]; meta.Pod.Namespace != "" && ns != meta.Pod.Namespace && !src.crossNamespace {
+		return false, fmt.Errorf("%w: the checkpoint %s is of a pod in namespace %q, and this pod is in %q: a checkpoint holds its pod's memory, so a pod restores only checkpoints of pods of its own namespace; restore it in %q, or allow restores across namespaces with checkpoint.cross_namespace_restore in the shim's config",
+			errdefs.ErrPermissionDenied, src.name, meta.Pod.Namespace, ns, meta.Pod.Namespace)
 	}
 	switch app := meta.Pod.App(); {
 	case app == "" || name == app:

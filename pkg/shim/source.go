@@ -52,6 +52,9 @@ type restoreSource struct {
 	// unpacked is set when dir is an unpacked archive, which goes with
 	// the container.
 	unpacked bool
+	// crossNamespace lets a pod restore a checkpoint of a pod of another
+	// Kubernetes namespace (checkpoint.cross_namespace_restore).
+	crossNamespace bool
 }
 
 // annotatedSource resolves the restore annotation of spec, nil when there
@@ -78,12 +81,12 @@ func annotatedSource(cfg *Config, spec *specs.Spec) (*restoreSource, error) {
 	case st.IsDir():
 		// Checked as any checkpoint directory by checkRestore.
 		f.Close()
-		return &restoreSource{name: name, dir: filepath.Clean(name)}, nil
+		return &restoreSource{name: name, dir: filepath.Clean(name), crossNamespace: cfg.Checkpoint.CrossNamespaceRestore}, nil
 	case !st.Mode().IsRegular():
 		f.Close()
 		return nil, badSource(name, "not a checkpoint directory or archive")
 	}
-	return &restoreSource{name: name, archive: f}, nil
+	return &restoreSource{name: name, archive: f, crossNamespace: cfg.Checkpoint.CrossNamespaceRestore}, nil
 }
 
 func badSource(name, format string, a ...any) error {

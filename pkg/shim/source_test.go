@@ -241,3 +241,44 @@ func TestRestoresFrom(t *testing.T) {
 		}
 	}
 }
+
+// A pod restores by annotation only a checkpoint of a pod of its own
+// Kubernetes namespace, unless checkpoint.cross_namespace_restore allows it;
+// checkpoints that name no namespace (made before the shim recorded it)
+// restore anywhere.
+func TestRestoreAcrossNamespaces(t *testing.T) {
+	e := newSourceEnv(t)
+	dir := filepath.Join(e.root, "web")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	write := func(ns string) {
+		m := checkpoint.Metadata{FormatVersion: checkpoint.FormatVersion, RunscVersion: "runsc test", Files: []checkpoint.File{{Name: "checkpoint.img"}},
+			Pod: &checkpoint.Pod{SandboxID: "pod", Namespace: ns, Containers: []checkpoint.PodContainer{{ID: "pod", Sandbox: true}, {ID: "a", Name: "web"}}}}
+		if err := checkpoint.Write(dir, &m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	web := podSpec("pod2", "web")
+	web.Annotations[annotationSandboxNamespace] = "team-b"
+	web.Annotations[AnnotationRestoreFrom] = dir
+	for _, tc := range []struct {
+		ns    string
+		cross bool
+		ok    bool
+	}{{"team-b", false, true}, {"team-a", false, false}, {"team-a", true, true}, {"", false, true}} {
+		write(tc.ns)
+		e.cfg.Checkpoint.CrossNamespaceRestore = tc.cross
+		src, err := annotatedSource(e.cfg, web)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok, err := (&sandbox{id: "pod2"}).restoresFrom(context.Background(), web, src)
+		if tc.ok && (!ok || err != nil) {
+			t.Errorf("checkpoint of %q into team-b, cross %t: %t, %v; want a restore", tc.ns, tc.cross, ok, err)
+		}
+		if !tc.ok && (!errdefs.IsPermissionDenied(err) || !strings.Contains(err.Error(), `is of a pod in namespace "team-a", and this pod is in "team-b"`)) {
+			t.Errorf("checkpoint of %q into team-b: %v; want PermissionDenied", tc.ns, err)
+		}
+	}
+}

@@ -56,8 +56,10 @@ func checkTerminal(ioTerminal bool, p *specs.Process) error {
 const (
 	annotationContainerType = "io.kubernetes.cri.container-type"
 	annotationSandboxID     = "io.kubernetes.cri.sandbox-id"
-	containerTypeContainer  = "container"
-	containerTypeSandbox    = "sandbox"
+	// annotationSandboxNamespace is the pod's Kubernetes namespace.
+	annotationSandboxNamespace = "io.kubernetes.cri.sandbox-namespace"
+	containerTypeContainer     = "container"
+	containerTypeSandbox       = "sandbox"
 )
 
 // subcontainer reports whether the container joins an existing pod sandbox.

@@ -299,7 +299,9 @@ func dirListing(t *testing.T, dir string) []string {
 // FailedPrecondition and a message that says why; the start creates nothing (no
 // runsc container, no unpacked archive), the pod stays ready, and after the
 // container of the checkpointed name restored, a second application container is
-// refused too. The pods are removed without leftovers.
+// refused too. A pod of another Kubernetes namespace is refused the checkpoint
+// (PermissionDenied: it holds the checkpointed pod's memory). The pods are removed
+// without leftovers.
 func TestRestoreAnnotationCRIBadInput(t *testing.T) {
 	e := newRestoreEnv(t, harness.Options{CNI: harness.CNILoopback})
 	ctx := testCtx(t, 8*time.Minute)
@@ -318,18 +320,24 @@ func TestRestoreAnnotationCRIBadInput(t *testing.T) {
 	for i, tc := range []struct {
 		name, path, container string
 		want                  []string
+		namespace             string
 	}{
-		{"missing", filepath.Join(e.root, "absent.tar"), "counter", []string{"no such checkpoint"}},
-		{"outside the roots", filepath.Join(outside, "ckpt.tar"), "counter", []string{"restored only from under " + e.root}},
-		{"symlink out of the root", filepath.Join(e.root, "link", "ckpt.tar"), "counter", []string{"symbolic link"}},
-		{"not a runsc-cuda checkpoint", other, "counter", []string{"is not a checkpoint of " + harness.RuntimeName}},
-		{"another container name", archive, "other", []string{"holds application container counter, but this container is other"}},
+		{"missing", filepath.Join(e.root, "absent.tar"), "counter", []string{"no such checkpoint"}, ""},
+		{"outside the roots", filepath.Join(outside, "ckpt.tar"), "counter", []string{"restored only from under " + e.root}, ""},
+		{"symlink out of the root", filepath.Join(e.root, "link", "ckpt.tar"), "counter", []string{"symbolic link"}, ""},
+		{"not a runsc-cuda checkpoint", other, "counter", []string{"is not a checkpoint of " + harness.RuntimeName}, ""},
+		{"another container name", archive, "other", []string{"holds application container counter, but this container is other"}, ""},
+		{"another namespace", archive, "counter", []string{`is of a pod in namespace "` + podNamespace + `", and this pod is in "elsewhere"`, "checkpoint.cross_namespace_restore"}, "elsewhere"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := e.restorePod(ctx, t, fmt.Sprintf("bad%d", i), false, tc.path)
+			p := e.startPod(ctx, t, fmt.Sprintf("bad%d", i), podOpts{namespace: tc.namespace, annotations: map[string]string{annotationRestore: tc.path}})
 			id := e.createContainer(ctx, t, p, tc.container, counterCmd...)
-			names := []string{"FailedPrecondition", tc.path}
-			if tc.container == "counter" {
+			code := "FailedPrecondition"
+			if tc.namespace != "" {
+				code = "PermissionDenied"
+			}
+			names := []string{code, tc.path}
+			if tc.container == "counter" && tc.namespace == "" {
 				names = append(names, "annotation "+annotationRestore)
 			}
 			e.expectStartError(ctx, t, id, append(names, tc.want...)...)

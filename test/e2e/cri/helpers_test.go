@@ -168,7 +168,12 @@ type podOpts struct {
 	// unset, the kubelet's with shareProcessNamespace) or pidContainer (the
 	// kubelet's default).
 	pid int
+	// namespace is the pod's Kubernetes namespace (podNamespace when empty).
+	namespace string
 }
+
+// podNamespace is the Kubernetes namespace of the tests' pods.
+const podNamespace = "rcuda-e2e"
 
 // The CRI's NamespaceMode for a pod's PID namespace.
 const (
@@ -189,10 +194,14 @@ func (e *criEnv) startPod(ctx context.Context, t *testing.T, name string, opts p
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	ns := opts.namespace
+	if ns == "" {
+		ns = podNamespace
+	}
 	cfg := e.writeJSON(t, "pod-"+name+".json", map[string]any{
 		"metadata": map[string]any{
 			"name":      name,
-			"namespace": "rcuda-e2e",
+			"namespace": ns,
 			"uid":       harness.RandomID("uid"),
 			"attempt":   0,
 		},
