@@ -112,13 +112,14 @@ func (c *container) checkpoint(ctx context.Context, req checkpointRequest, pod *
 	log.G(ctx).WithField("id", c.id).WithField("args", opts.Args(c.id)).Info("checkpointing")
 	t0 := time.Now()
 	// A GPU container's CUDA state comes back onto the GPUs only when its
-	// sandbox resumes; the checkpoint resumes it, so that it reports
-	// success only for a workload that came back. An exit checkpoint does
-	// too unless cuda.verify_exit_checkpoint is off: its image would not be
-	// known to restore.
-	verify := c.gpu.enabled() && (!req.Exit || c.config.CUDA.verifyExitCheckpoint())
+	// sandbox resumes; a leave-running checkpoint resumes it, so that it
+	// reports success only for a workload that came back. An exit
+	// checkpoint stops the sandbox right after the save, so that the image
+	// is the workload's last state; cuda.verify_exit_checkpoint resumes it
+	// first (the workload runs on for the CUDA restore).
+	verify := c.gpu.enabled() && (!req.Exit || c.config.CUDA.VerifyExitCheckpoint)
 	if c.gpu.enabled() && !verify {
-		log.G(ctx).WithField("id", c.id).Warn("exit checkpoint of a GPU container without verifying that its CUDA state restores (cuda.verify_exit_checkpoint = false); the image is marked unverified")
+		log.G(ctx).WithField("id", c.id).Info("exit checkpoint of a GPU container: stopped right after the save, its CUDA restore unverified (cuda.verify_exit_checkpoint)")
 	}
 	saved, err := c.init.Checkpoint(ctx, process.CheckpointConfig{Runsc: opts, Exit: req.Exit, Resume: verify})
 	if err != nil {

@@ -119,19 +119,18 @@ func TestGPUCheckpointResumeFailure(t *testing.T) {
 	}
 }
 
-// An exit checkpoint verifies the CUDA restore by default; with
-// cuda.verify_exit_checkpoint off it stops the sandbox right after the save
-// and the image says its CUDA restore is unverified.
+// An exit checkpoint stops the sandbox right after the save by default, the
+// image saying its CUDA restore is unverified; cuda.verify_exit_checkpoint
+// resumes it first to verify the CUDA restore.
 func TestGPUExitCheckpointVerification(t *testing.T) {
-	off := false
 	for _, tc := range []struct {
 		name       string
 		cfg        *Config
 		wantVerbs  string
 		wantVerify bool
 	}{
-		{"default", &Config{}, "checkpoint resume", true},
-		{"off", &Config{CUDA: CUDAConfig{VerifyExitCheckpoint: &off}}, "checkpoint", false},
+		{"default", &Config{}, "checkpoint", false},
+		{"verify", &Config{CUDA: CUDAConfig{VerifyExitCheckpoint: true}}, "checkpoint resume", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			x := newGPUFixture(t, "580.159.04", nil, tc.cfg)

@@ -64,9 +64,17 @@ func newContainer(ctx context.Context, sh *shared, r *taskAPI.CreateTaskRequest)
 		}
 	}()
 	changed := sb.repoint(spec)
+	if podGPU(spec) {
+		changed = true
+	}
 	gpu, err := newGPU(ctx, cfg, spec, sh.events)
 	if err != nil {
 		return nil, nil, err
+	}
+	if gpu.enabled() {
+		if err := sb.checkGPU(r.ID); err != nil {
+			return nil, nil, err
+		}
 	}
 	changed = changed || gpu.enabled()
 	rt := newRunsc(cfg, sh.namespace, sb.root, b, gpu.enabled(), defaultOverlay2(cfg, spec, r.Rootfs))

@@ -117,10 +117,13 @@ type CUDAConfig struct {
 	LockTimeout string `toml:"lock_timeout" json:"lock_timeout,omitempty"`
 	// VerifyExitCheckpoint makes an exit checkpoint of a GPU container
 	// resume the sandbox after the save, so that its CUDA state is known to
-	// come back onto the GPUs, before it stops it. Unset means true. With
-	// false the sandbox is stopped right after the save and the image's
-	// metadata says its CUDA restore is unverified.
-	VerifyExitCheckpoint *bool `toml:"verify_exit_checkpoint" json:"verify_exit_checkpoint,omitempty"`
+	// come back onto the GPUs, before it stops it. The application then
+	// runs for the moment of the CUDA restore after the image was taken,
+	// and what it does in that moment (output, writes, messages) is not in
+	// the image: a restore repeats it. Off (the default) the sandbox is
+	// stopped right after the save, as runc stops a container after CRIU's
+	// dump, and the image's metadata says its CUDA restore is unverified.
+	VerifyExitCheckpoint bool `toml:"verify_exit_checkpoint" json:"verify_exit_checkpoint,omitempty"`
 	// DriverLibDir is a host directory holding the NVIDIA user-space driver
 	// libraries (libcuda.so.1, ...), mounted read-only into GPU containers
 	// whose spec does not already provide them (CDI or the NVIDIA toolkit).
@@ -130,10 +133,6 @@ type CUDAConfig struct {
 // BackgroundRestoreEnabled resolves the default of BackgroundRestore.
 func (c CheckpointConfig) BackgroundRestoreEnabled() bool {
 	return c.BackgroundRestore == nil || *c.BackgroundRestore
-}
-
-func (c CUDAConfig) verifyExitCheckpoint() bool {
-	return c.VerifyExitCheckpoint == nil || *c.VerifyExitCheckpoint
 }
 
 // compression is the image compression runsc is asked for.

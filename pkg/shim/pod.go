@@ -12,6 +12,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/checkpoint"
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/cuda"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/process"
 )
 
@@ -34,9 +35,41 @@ import (
 //   - Exit checkpoints of a pod's application container are refused: after
 //     gVisor saved the pod, stopping only that container is not atomic with
 //     the save. The CRI only asks for leave-running checkpoints.
+//   - GPU containers run in a pod only when its sandbox started with GPU
+//     support: gVisor enables nvproxy per sandbox, when the sandbox starts,
+//     and the CRI starts a pod's sandbox before it creates its containers.
+//     A pod annotated AnnotationGPU (or gVisor's nvproxy annotation) gets
+//     it; a GPU container in a pod without it is refused before runsc is
+//     asked (runsc would take the whole sandbox down).
 //   - A restore of a pod checkpoint into a pod's application container
 //     replaces the pod's running sandbox, which holds only its pause
 //     container, with a new one restored from the image (sandbox.replace).
+
+// AnnotationGPU on a pod ("true") starts its sandbox with GPU support
+// (nvproxy), so that its containers may use NVIDIA GPUs.
+const AnnotationGPU = RuntimeName + ".gpu"
+
+// podGPU gives a pod's sandbox container annotated AnnotationGPU gVisor's
+// nvproxy annotation, which starts the sandbox with GPU support (and makes
+// it a GPU container for the shim); it reports whether it changed spec.
+func podGPU(spec *specs.Spec) bool {
+	if spec.Annotations[annotationContainerType] != containerTypeSandbox || spec.Annotations[AnnotationGPU] != "true" || spec.Annotations[cuda.NvproxyAnnotation] == "true" {
+		return false
+	}
+	spec.Annotations[cuda.NvproxyAnnotation] = "true"
+	return true
+}
+
+// checkGPU refuses a GPU container in a pod whose sandbox was started
+// without GPU support.
+func (sb *sandbox) checkGPU(id string) error {
+	root := sb.rootContainer()
+	if root == nil || root.id == id || root.rt.Flags["nvproxy"] == "true" {
+		return nil
+	}
+	return fmt.Errorf("%w: container %s uses NVIDIA GPUs, but its pod sandbox %s was started without GPU support: gVisor enables GPU support (nvproxy) per sandbox when the sandbox starts, before the pod's containers are created. Annotate the pod with %s: \"true\" (the CRI passes it with the handler's pod_annotations), or run GPU pods with a runtime handler whose shim config sets nvproxy = \"true\" under [runsc_config]",
+		errdefs.ErrFailedPrecondition, id, sb.id, AnnotationGPU)
+}
 
 // annotationContainerName is the CRI's container name; gVisor matches the
 // containers of a restored sandbox to the checkpointed ones by it.

@@ -11,7 +11,9 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/checkpoint"
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/cuda"
 	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/process"
+	"github.com/runsc-cuda/containerd-shim-runsc-cuda/pkg/runsc"
 )
 
 // podSpec returns the spec the CRI gives a pod's container: the sandbox
@@ -248,5 +250,47 @@ func TestPodCompletedContainers(t *testing.T) {
 	}
 	if got := strings.Join(pod.Completed, ","); got != "init" {
 		t.Fatalf("completed = %q, want init", got)
+	}
+}
+
+// A pod annotated for GPUs has its sandbox container started with nvproxy
+// (gVisor's annotation); a GPU container in a pod whose sandbox lacks it is
+// refused, one in a pod whose sandbox has it (or outside a pod) is not.
+func TestPodGPU(t *testing.T) {
+	pause := podSpec("pod", "")
+	pause.Annotations[AnnotationGPU] = "true"
+	if !podGPU(pause) || pause.Annotations[cuda.NvproxyAnnotation] != "true" || !cuda.IsGPUSpec(pause) {
+		t.Fatalf("annotated sandbox: %v", pause.Annotations)
+	}
+	if podGPU(pause) {
+		t.Fatal("changed twice")
+	}
+	if app := podSpec("pod", "web"); podGPU(app) {
+		t.Fatal("an application container's spec was changed")
+	}
+	if plain := podSpec("pod", ""); podGPU(plain) {
+		t.Fatal("a sandbox without the annotation was changed")
+	}
+	for _, tc := range []struct {
+		name     string
+		nvproxy  bool
+		wantFail bool
+	}{{"sandbox without GPU support", false, true}, {"sandbox with GPU support", true, false}} {
+		root := podContainer("pod", podSpec("pod", ""), false)
+		root.rt = &runsc.Runsc{Flags: map[string]string{}}
+		if tc.nvproxy {
+			root.rt.Flags["nvproxy"] = "true"
+		}
+		sb := testPods(root).lookup("pod")
+		err := sb.checkGPU("app")
+		if tc.wantFail != (err != nil) || (err != nil && (!errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), AnnotationGPU))) {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+		if err := sb.checkGPU("pod"); err != nil {
+			t.Errorf("%s: the sandbox container itself: %v", tc.name, err)
+		}
+	}
+	if err := (&sandbox{id: "alone", members: map[string]*container{}}).checkGPU("alone"); err != nil {
+		t.Errorf("standalone: %v", err)
 	}
 }

@@ -327,7 +327,7 @@ func TestRestoreAnnotationCRIBadInput(t *testing.T) {
 		{"symlink out of the root", filepath.Join(e.root, "link", "ckpt.tar"), "counter", []string{"symbolic link"}, ""},
 		{"not a runsc-cuda checkpoint", other, "counter", []string{"is not a checkpoint of " + harness.RuntimeName}, ""},
 		{"another container name", archive, "other", []string{"holds application container counter, but this container is other"}, ""},
-		{"another namespace", archive, "counter", []string{`is of a pod in namespace "` + podNamespace + `", and this pod is in "elsewhere"`, "checkpoint.cross_namespace_restore"}, "elsewhere"},
+		{"another namespace", archive, "counter", []string{"is of a pod in namespace", podNamespace, "and this pod is in", "elsewhere", "checkpoint.cross_namespace_restore"}, "elsewhere"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := e.startPod(ctx, t, fmt.Sprintf("bad%d", i), podOpts{namespace: tc.namespace, annotations: map[string]string{annotationRestore: tc.path}})

@@ -4,7 +4,8 @@
 # CRI has no restore of its own), driven with crictl as the kubelet drives
 # the CRI (docs/kubernetes.md):
 #
-#   1. a pod on a CNI bridge network (the bridge, host-local and loopback
+#   1. a pod annotated io.containerd.runsc-cuda.v1.gpu=true (its sandbox
+#      starts with GPU support) on a CNI bridge network (the bridge, host-local and loopback
 #      plugins; bridge rcgpu0 on 10.249.7.0/24, removed at the end) runs the
 #      CUDA workload (test/e2e/gpu/workload) holding GIB GiB of device memory
 #      with known content and a device-side counter, its GPU passed as the
@@ -127,15 +128,21 @@ timeout -s KILL 120 "${MK[@]}" >>"$OUT/pod.log" || exit 1
 timeout -s KILL 60 "$BIN/mkimage" --out "$WORK/pause.tar" --ref "$PAUSE" --busybox "$BIN/busybox" --cmd "/bin/sleep 2147483647" >>"$OUT/pod.log" || exit 1
 kctr images import "$WORK/img.tar" >/dev/null && kctr images import "$WORK/pause.tar" >/dev/null || exit 1
 
-# pod_config NAME [ANNOTATIONS-JSON]; container_config NAME
+# pod_config NAME [ANNOTATIONS...]: the pod's config, annotated for GPUs
+# (its sandbox starts with nvproxy) unless DRY; container_config NAME
 pod_config() {
-	local annotations=${2:-"{}"}
+	local name=$1 a json annotations=()
+	shift
+	[ "$DRY" = 1 ] || annotations+=('"io.containerd.runsc-cuda.v1.gpu": "true"')
+	for a in "$@"; do annotations+=("$a"); done
+	json=$(IFS=,; echo "{${annotations[*]}}")
+	set -- "$name"
 	mkdir -p "$WORK/logs/$1"
 	cat >"$WORK/pod-$1.json" <<EOF
 {"metadata": {"name": "$1", "namespace": "gpu", "uid": "$1-$RANDOM$RANDOM", "attempt": 0},
  "log_directory": "$WORK/logs/$1",
  "linux": {"security_context": {"namespace_options": {"pid": 1}}},
- "annotations": $annotations}
+ "annotations": $json}
 EOF
 	echo "$WORK/pod-$1.json"
 }
@@ -184,7 +191,7 @@ check gpu-released-after-removal test "$(gpu_used_mib)" -eq 0
 
 # ---------------------------------------------------------------- 3. restore
 t=$(now_ms)
-P2CFG=$(pod_config gpu-restored "{\"io.containerd.runsc-cuda.v1.restore-from\": \"$ARCHIVE\"}")
+P2CFG=$(pod_config gpu-restored "\"io.containerd.runsc-cuda.v1.restore-from\": \"$ARCHIVE\"")
 P2=$(crictl runp --runtime runsc-cuda "$P2CFG") || { log "runp failed"; exit 1; }
 C2=$(crictl create "$P2" "$(container_config cuda)" "$P2CFG") && crictl start "$C2" >>"$OUT/pod.log" 2>&1
 timing restore-pod-runp-create-start $(($(now_ms) - t))
