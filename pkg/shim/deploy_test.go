@@ -61,7 +61,7 @@ func TestDeployExamples(t *testing.T) {
 	}
 
 	manifests := map[string][]map[string]string{}
-	for _, name := range []string{"runtimeclass.yaml", "restore-pod.yaml", "restore-job.yaml"} {
+	for _, name := range []string{"runtimeclass.yaml", "restore-pod.yaml", "restore-job.yaml", "gpu-pod.yaml"} {
 		data, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatal(err)
@@ -103,6 +103,15 @@ func TestDeployExamples(t *testing.T) {
 				t.Errorf("deploy/%s: container %s %q, want the example pod's %q", m.file, k, got, want)
 			}
 		}
+	}
+	// The GPU pod example says it uses GPUs (its sandbox starts with nvproxy)
+	// and asks the device plugin for one.
+	if gp := manifests["gpu-pod.yaml"]; len(gp) != 1 || gp[0]["metadata/annotations/"+AnnotationGPU] != "true" ||
+		gp[0]["spec/runtimeClassName"] != "runsc-cuda" || gp[0]["spec/containers/-/resources/limits/nvidia.com/gpu"] == "" {
+		t.Errorf("deploy/gpu-pod.yaml: want one Pod annotated %s: \"true\" with runtimeClassName runsc-cuda and an nvidia.com/gpu limit, got %v", AnnotationGPU, gp)
+	}
+	if !slices.ContainsFunc(rt.PodAnnotations, func(p string) bool { ok, _ := path.Match(p, AnnotationGPU); return ok }) {
+		t.Errorf("runsc-cuda handler: pod_annotations %q do not pass %s", rt.PodAnnotations, AnnotationGPU)
 	}
 	if rp := manifests["restore-job.yaml"][0]["spec/template/spec/restartPolicy"]; rp != "Never" {
 		t.Errorf("deploy/restore-job.yaml: restartPolicy %q, want Never (a retry is a new pod, restored again)", rp)
