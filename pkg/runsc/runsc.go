@@ -232,7 +232,9 @@ func (r *Runsc) logSize() int64 {
 }
 
 // logErrors returns the error messages written to runsc's JSON log from
-// offset from on, distinct and in order, joined by "; ". The sandbox and the
+// offset from on, distinct and in order, joined by "; "; when runsc logged
+// no error, its warnings (it gives some reasons only as warnings: "cannot
+// get events for container ... in state stopped"). The sandbox and the
 // gofer log there too, and their message often names the cause (a mount
 // source that does not exist) where runsc's own last one does not ("waiting
 // for sandbox to start: EOF"). runsc writes the JSON objects back to back,
@@ -249,7 +251,7 @@ func (r *Runsc) logErrors(from int64) string {
 	if _, err := f.Seek(from, io.SeekStart); err != nil {
 		return ""
 	}
-	var msgs []string
+	var errs, warnings []string
 	dec := json.NewDecoder(bufio.NewReader(f))
 	for {
 		var e struct {
@@ -259,9 +261,17 @@ func (r *Runsc) logErrors(from int64) string {
 		if err := dec.Decode(&e); err != nil {
 			break
 		}
-		if m := strings.TrimSpace(e.Msg); e.Level == "error" && m != "" && !slices.Contains(msgs, m) {
-			msgs = append(msgs, m)
+		m := strings.TrimSpace(e.Msg)
+		switch {
+		case m == "":
+		case e.Level == "error" && !slices.Contains(errs, m):
+			errs = append(errs, m)
+		case (e.Level == "warning" || e.Level == "warn") && !slices.Contains(warnings, m):
+			warnings = append(warnings, m)
 		}
 	}
-	return strings.Join(msgs, "; ")
+	if len(errs) == 0 {
+		errs = warnings
+	}
+	return strings.Join(errs, "; ")
 }

@@ -199,3 +199,32 @@ func TestErrorClasses(t *testing.T) {
 		}
 	}
 }
+
+// On cgroup v2 runsc fails a delete that removed the container when a cgroup
+// it created above it is still in use (EBUSY): that delete succeeds; the same
+// error while runsc still has the container does not.
+func TestDeleteLeavesBusySharedCgroup(t *testing.T) {
+	busy := `echo 'destroying container: stopping container: removing cgroup path "/sys/fs/cgroup/k8s.io": device or resource busy' >&2; exit 128`
+	for _, tc := range []struct {
+		name, state string
+		wantErr     bool
+	}{
+		{"container gone", `echo 'loading container "c1": file does not exist' >&2; exit 128`, false},
+		{"container still there", `echo '{"id":"c1","status":"stopped"}'`, true},
+	} {
+		r, _ := fakeRunsc(t, `case "$*" in *delete*) `+busy+`;; *state*) `+tc.state+`;; esac`)
+		err := r.Delete(context.Background(), "c1")
+		if (err != nil) != tc.wantErr {
+			t.Errorf("%s: Delete = %v, want error %t", tc.name, err, tc.wantErr)
+		}
+	}
+}
+
+// A failure runsc explains only in a warning carries the warning.
+func TestErrorFromLoggedWarning(t *testing.T) {
+	r, _ := fakeRunsc(t, `printf '%s' '{"msg":"cannot get events for container \"c1\" in state stopped","level":"warning"}' > "$(echo "$@" | sed 's/.*--log=\([^ ]*\).*/\1/')"; exit 128`)
+	_, err := r.Stats(context.Background(), "c1")
+	if err == nil || !strings.Contains(err.Error(), "in state stopped") || !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("err = %v, want runsc's warning, NotFound", err)
+	}
+}

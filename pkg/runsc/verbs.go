@@ -4,13 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 
+	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
+	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -226,9 +230,37 @@ func (r *Runsc) Resume(ctx context.Context, id string) error {
 
 // Delete removes container id, killing it first (--force): the shim only
 // deletes containers it is done with.
+//
+// On cgroup v2 runsc also removes the cgroups it created above the
+// container's (the CRI's pod cgroup, ctr's namespace cgroup) and fails with
+// EBUSY while other containers still use them, after it has removed the
+// container: that is no failure of the deletion, and the shared cgroup is
+// left (as runc leaves the parents of its cgroups).
 func (r *Runsc) Delete(ctx context.Context, id string) error {
 	_, err := r.output(ctx, []string{"delete", "--force", id}, nil)
+	if path, ok := busyCgroup(err); ok {
+		if _, serr := r.State(ctx, id); errors.Is(serr, errdefs.ErrNotFound) {
+			log.G(ctx).WithField("id", id).WithField("cgroup", path).Info("runsc deleted the container; a cgroup it created above it is still in use by other containers and stays")
+			return nil
+		}
+	}
 	return err
+}
+
+var busyCgroupRE = regexp.MustCompile(`removing cgroup path "([^"]+)": device or resource busy`)
+
+// busyCgroup returns the cgroup a runsc error says it could not remove
+// because it is in use.
+func busyCgroup(err error) (string, bool) {
+	var e *Error
+	if !errors.As(err, &e) {
+		return "", false
+	}
+	m := busyCgroupRE.FindStringSubmatch(e.Msg)
+	if m == nil {
+		return "", false
+	}
+	return m[1], true
 }
 
 // Ps returns the pids (inside the sandbox) of container id's processes.

@@ -252,6 +252,13 @@ func (sb *sandbox) replace(ctx context.Context, c *container) (retErr error) {
 	// removal is no OOM.
 	sb.oom.Stop(root.id)
 	sb.oom.Stop(c.id)
+	// The restoring container, created in the old sandbox, leaves it first:
+	// its cgroup lies in the pod's, which runsc removes with the old sandbox
+	// and cannot while a child is left (EBUSY on cgroup v2). Recreate
+	// creates it again in the new sandbox.
+	if err := c.rt.Delete(ctx, c.id); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+		return fmt.Errorf("restoring pod sandbox %s for %s: removing it from the old sandbox: %w", sb.id, c.id, err)
+	}
 	if err := root.init.Teardown(ctx); err != nil {
 		return fmt.Errorf("restoring pod sandbox %s for %s: %w", sb.id, c.id, err)
 	}

@@ -73,6 +73,7 @@ cleanup() {
 	fi
 	cp "$WORK/containerd.log" "$OUT/containerd.log" 2>/dev/null
 	ip link del "$BRIDGE" 2>/dev/null
+	find /sys/fs/cgroup -depth -type d -path '*/rcuda-gpu-pod*' -exec rmdir {} \; 2>/dev/null
 	grep -o " $WORK[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
 	rm -rf "$WORK"
 	local IFS=,
@@ -129,7 +130,10 @@ timeout -s KILL 60 "$BIN/mkimage" --out "$WORK/pause.tar" --ref "$PAUSE" --busyb
 kctr images import "$WORK/img.tar" >/dev/null && kctr images import "$WORK/pause.tar" >/dev/null || exit 1
 
 # pod_config NAME [ANNOTATIONS...]: the pod's config, annotated for GPUs
-# (its sandbox starts with nvproxy) unless DRY; container_config NAME
+# (its sandbox starts with nvproxy) unless DRY, in a pod cgroup of its own
+# as the kubelet gives every pod (without one, on cgroup v2, every pod's
+# sandbox shares the CRI's /k8s.io, which runsc then cannot remove when the
+# pod restore replaces the sandbox); container_config NAME
 pod_config() {
 	local name=$1 a json annotations=()
 	shift
@@ -141,7 +145,7 @@ pod_config() {
 	cat >"$WORK/pod-$1.json" <<EOF
 {"metadata": {"name": "$1", "namespace": "gpu", "uid": "$1-$RANDOM$RANDOM", "attempt": 0},
  "log_directory": "$WORK/logs/$1",
- "linux": {"security_context": {"namespace_options": {"pid": 1}}},
+ "linux": {"cgroup_parent": "/rcuda-gpu-pod/pod-$1", "security_context": {"namespace_options": {"pid": 1}}},
  "annotations": $json}
 EOF
 	echo "$WORK/pod-$1.json"
