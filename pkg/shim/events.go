@@ -3,12 +3,13 @@ package shim
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 
+	eventstypes "github.com/containerd/containerd/api/events"
 	"github.com/containerd/containerd/v2/core/runtime"
 	cdshim "github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/containerd/v2/pkg/shutdown"
 	"github.com/containerd/log"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // gpuTopic is the shim's own event topic for host-side GPU facts (`ctr
@@ -89,13 +90,38 @@ func (e *eventSink) forward(ctx context.Context, flush <-chan struct{}, flushed 
 // gpu publishes a GPU fact on gpuTopic.
 func (e *eventSink) gpu(ctx context.Context, fact map[string]any) { e.publish(ctx, gpuTopic, fact) }
 
-// publish publishes v, as JSON, on a topic of the shim's own.
-func (e *eventSink) publish(ctx context.Context, topic string, v any) {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return
-	}
-	if err := e.publisher.Publish(ctx, topic, wrapperspb.String(string(data))); err != nil {
+// publish publishes fact on a topic of the shim's own (fact holds the
+// container's "container_id").
+func (e *eventSink) publish(ctx context.Context, topic string, fact map[string]any) {
+	if err := e.publisher.Publish(ctx, topic, factEvent(fact)); err != nil {
 		log.G(ctx).WithError(err).WithField("topic", topic).Warn("publishing event")
 	}
+}
+
+// factEvent carries a fact as containerd's own ContainerUpdate event: the
+// container's id, and the fact's other fields as labels (strings as they
+// are, other values as JSON). ctr events, nerdctl events and every
+// containerd client decode containerd's event types; a type of the shim's
+// own (or google.protobuf.StringValue, which ctr does not link) is "cannot
+// unmarshal an event from Any" to them. The topic tells it from containerd's
+// /containers/update.
+func factEvent(fact map[string]any) *eventstypes.ContainerUpdate {
+	ev := &eventstypes.ContainerUpdate{Labels: make(map[string]string, len(fact))}
+	for k, v := range fact {
+		switch v := v.(type) {
+		case string:
+			if k == "container_id" {
+				ev.ID = v
+				continue
+			}
+			ev.Labels[k] = v
+		default:
+			data, err := json.Marshal(v)
+			if err != nil {
+				data = []byte(fmt.Sprint(v))
+			}
+			ev.Labels[k] = string(data)
+		}
+	}
+	return ev
 }

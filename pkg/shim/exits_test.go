@@ -119,3 +119,15 @@ func TestExecExitPublishedOnce(t *testing.T) {
 		t.Fatalf("the exec's exit was published again: %v", got)
 	}
 }
+
+// The shim's own facts go out as containerd's ContainerUpdate, which every
+// containerd client decodes: the container's id, the rest as labels.
+func TestFactEvent(t *testing.T) {
+	ev := factEvent(map[string]any{"container_id": "c1", "reason": "the restore failed", "exit_status": 137, "restored": true, "before": map[string]int{"bytes": 5}})
+	if ev.ID != "c1" || ev.Labels["reason"] != "the restore failed" || ev.Labels["exit_status"] != "137" || ev.Labels["restored"] != "true" || ev.Labels["before"] != `{"bytes":5}` {
+		t.Fatalf("event %+v", ev)
+	}
+	if _, ok := ev.Labels["container_id"]; ok {
+		t.Fatal("container_id is a label too")
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -121,6 +122,16 @@ func TestCompatCtrCheckpointRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// `ctr events` shows the shim's own restore event, decoded.
+	evCtx, stopEvents := context.WithTimeout(e.Ctx, time.Minute)
+	defer stopEvents()
+	var events strings.Builder
+	evCmd := e.D.CtrCmd(evCtx, "events")
+	evCmd.Stdout, evCmd.Stderr = &events, &events
+	if err := evCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // subscribed
 	logB := filepath.Join(e.D.Dir, "logs", id+"-restored.log")
 	task, err := c.NewTask(e.Ctx, cio.LogFile(logB), containerd.WithTaskCheckpoint(img))
 	if err != nil {
@@ -133,6 +144,11 @@ func TestCompatCtrCheckpointRestore(t *testing.T) {
 	firstN, _ := strconv.Atoi(strings.TrimPrefix(first, "count="))
 	harness.WaitForFileLine(t, logB, fmt.Sprintf(`^count=%d$`, firstN+2), lineTimeout)
 	checkRange(t, firstN, lo[len(lo)-1], hi[len(hi)-1])
+	stopEvents()
+	_ = evCmd.Wait()
+	if out := events.String(); !regexp.MustCompile(`/runsc-cuda/restore \{"id":"`+id+`","labels":\{[^}]*"restored":"true"`).MatchString(out) || strings.Contains(out, "cannot unmarshal") {
+		t.Errorf("ctr events does not show the restore on /runsc-cuda/restore, decoded:\n%s", out)
+	}
 
 	id2 := id
 	ref3 := "localhost/ckpt/" + id2 + ":ctr-rw"

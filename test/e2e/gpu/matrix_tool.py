@@ -263,12 +263,16 @@ def parse_events(path):
             payload = json.loads(body) if body else {}
         except ValueError:
             payload = {"raw": body}
-        # The shim's own topics carry a JSON string (google.protobuf.StringValue).
-        if isinstance(payload, dict) and set(payload) == {"value"} and isinstance(payload["value"], str):
-            try:
-                payload = json.loads(payload["value"])
-            except ValueError:
-                payload = {"value": payload["value"]}
+        # The shim's own topics carry containerd's ContainerUpdate: the
+        # container's id and the fact's fields as labels (non-strings as JSON).
+        if m.group("topic").startswith("/runsc-cuda/") and isinstance(payload, dict) and "labels" in payload:
+            fact = {"container_id": payload.get("id")}
+            for k, v in (payload.get("labels") or {}).items():
+                try:
+                    fact[k] = json.loads(v)
+                except ValueError:
+                    fact[k] = v
+            payload = fact
         if not isinstance(payload, dict):
             payload = {"value": payload}
         evs.append({"ts": m.group("ts"), "ts_ms": ts_ms(m.group("ts")), "topic": m.group("topic"), "payload": payload})
