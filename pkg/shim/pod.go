@@ -340,6 +340,20 @@ func (sb *sandbox) removeExited(ctx context.Context, exited []*container) error 
 	return nil
 }
 
+// leavePod takes a deleted container out of its sandbox (leave), and
+// remembers a pod's container that ran to completion (exit status 0: an
+// init container) for the pod's checkpoints (checkpoint.Pod.Completed).
+func (sb *sandbox) leavePod(ctx context.Context, c *container) {
+	if n := gvisorName(c.spec); n != "" && c.hasExited() && c.init.ExitStatus() == 0 {
+		sb.mu.Lock()
+		if !slices.Contains(sb.completed, n) {
+			sb.completed = append(sb.completed, n)
+		}
+		sb.mu.Unlock()
+	}
+	sb.leave(ctx, c)
+}
+
 // restoresFrom decides whether a container whose restore annotation names
 // src restores. A standalone container always does. In a pod (the kubelet
 // gives every container of the pod the pod's annotations):

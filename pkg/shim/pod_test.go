@@ -242,8 +242,8 @@ func TestPodCompletedContainers(t *testing.T) {
 	failed.init.SetExited(1)
 	pods := testPods(pause, app, initc, failed)
 	sb := pods.lookup("pod")
-	sb.leave(context.Background(), initc)
-	sb.leave(context.Background(), failed)
+	sb.leavePod(context.Background(), initc)
+	sb.leavePod(context.Background(), failed)
 	pod, _, err := sb.podRules(app, false)
 	if err != nil {
 		t.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -91,9 +90,6 @@ func (sb *sandbox) leave(ctx context.Context, c *container) {
 	sb.oom.Stop(c.id)
 	sb.mu.Lock()
 	delete(sb.members, c.id)
-	if n := gvisorName(c.spec); n != "" && c.hasExited() && c.init.ExitStatus() == 0 && !slices.Contains(sb.completed, n) {
-		sb.completed = append(sb.completed, n)
-	}
 	sb.mu.Unlock()
 	sb.reg.discard(ctx, sb)
 }

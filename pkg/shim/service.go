@@ -184,7 +184,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		if err := c.init.Delete(ctx); err != nil {
 			return nil, errgrpc.ToGRPC(err)
 		}
-		s.sandbox(c).leave(ctx, c)
+		s.sandbox(c).leavePod(ctx, c)
 		c.removeUnpacked(ctx)
 		s.mu.Lock()
 		delete(s.containers, r.ID)
