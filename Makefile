@@ -54,7 +54,7 @@ e2e: tools
 e2e-compat: tools
 	RCUDA_E2E_CONTAINERD=$(CONTAINERD_COMPAT) $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -run 'Compat' -v ./test/e2e/... 2>&1 | tee e2e-compat.log | hack/test-summary.sh
 
-test: lint unit e2e e2e-compat bench-smoke
+test: lint unit e2e e2e-compat bench-smoke gpu-dry
 
 # bundle collects, stripped, the prebuilt binaries test/e2e/gpu/run.sh and
 # bench/bench.py need on a host that has no Go and no network; gpu-bundle
@@ -89,6 +89,7 @@ gpu-bundle: bundle
 # memory, no devices): it tries the scenario's plumbing on any machine.
 gpu-dry: bundle
 	DRY=1 BIN=$(GPU_BUNDLE) OUT=gpu-dry-results GIBS=0.05 CLONE_GIBS=0.05 test/e2e/gpu/run.sh
+	DRY=1 BIN=$(GPU_BUNDLE) OUT=gpu-dry-results/pod GIB=0.05 test/e2e/gpu/pod.sh
 
 # bench runs the CPU benchmark (bench/README.md) and writes
 # docs/benchmarks/cpu-latest.{json,md,svg}; bench-smoke is its cheap CI run
